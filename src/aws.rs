@@ -1,0 +1,41 @@
+//! AWS SDK setup in one place. Region and credentials come from the standard chain (environment,
+//! profile, instance role via IMDS); endpoints follow the SDK's standard variables
+//! (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_<SERVICE>`, `AWS_EC2_METADATA_SERVICE_ENDPOINT`), which is how
+//! tests point the daemon at local peers.
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
+
+/// The IMDS base URL: `AWS_EC2_METADATA_SERVICE_ENDPOINT` when set (as the SDK reads it), else the
+/// link-local default.
+pub fn imds_endpoint() -> String {
+    std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim_end_matches('/').to_string())
+        .unwrap_or_else(|| "http://169.254.169.254".to_string())
+}
+
+/// Shared SDK configuration. The SDK's standard retry mode is this daemon's one retry layer for AWS
+/// calls: it retries throttling, 5xx and timeouts with jittered backoff and fails 4xx at once.
+pub async fn sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::standard().with_max_attempts(4))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .operation_attempt_timeout(Duration::from_secs(10))
+                .operation_timeout(Duration::from_secs(30))
+                .build(),
+        )
+        .load()
+        .await
+}
+
+/// SDK errors printed with their whole source chain.
+pub fn display_error<E: std::error::Error>(e: &E) -> String {
+    aws_smithy_types::error::display::DisplayErrorContext(e).to_string()
+}

@@ -1,0 +1,107 @@
+//! Command-line interface: parses arguments and dispatches to the library.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, LoadOptions, Loaded};
+use crate::error::Error;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ecs-capacity-agent",
+    about = "Observe this ECS container instance, report its spare capacity, and drain it before it goes away.",
+    version
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// A table for people.
+    Table,
+    /// One JSON object, for scripts.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: observe the host every interval, publish capacity to the configured sinks and
+    /// watch instance metadata for interruption notices. Ends cleanly on SIGTERM or SIGINT.
+    Run {
+        /// Configuration file. When the default file does not exist the built-in defaults are used
+        /// (local sinks only). Also settable as ECS_CAPACITY_AGENT_CONFIG.
+        #[arg(long, short, env = "ECS_CAPACITY_AGENT_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Observe this host once and print what it has registered, what its tasks reserve and use, and
+    /// how much more fits.
+    Status {
+        #[arg(long, short, env = "ECS_CAPACITY_AGENT_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long, short, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Validate the configuration and print every effective value with where it came from
+    /// (default, ecs.config, file or environment). Exits 78 when the configuration is invalid.
+    CheckConfig {
+        /// Configuration file; the default path when omitted.
+        #[arg(value_name = "FILE", env = "ECS_CAPACITY_AGENT_CONFIG")]
+        file: Option<PathBuf>,
+    },
+    /// Print the version.
+    Version,
+}
+
+/// Loads and validates the configuration; the only place commands get one.
+pub fn load_config(path: Option<&std::path::Path>) -> Result<Loaded, Error> {
+    Ok(config::load(LoadOptions::from_process(path))?)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)
+}
+
+pub fn run(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Version => {
+            println!("ecs-capacity-agent {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::CheckConfig { file } => {
+            let loaded = load_config(file.as_deref())?;
+            match &loaded.file {
+                Some(p) => println!("# configuration file: {}", p.display()),
+                None => println!(
+                    "# no configuration file at {}: built-in defaults",
+                    config::DEFAULT_CONFIG_PATH
+                ),
+            }
+            print!("{}", loaded.describe());
+            Ok(())
+        }
+        Command::Run { config } => {
+            let loaded = load_config(config.as_deref())?;
+            crate::logging::init(&loaded.config.log);
+            runtime()?.block_on(crate::daemon::run(loaded, crate::daemon::shutdown_signal()))
+        }
+        Command::Status { config, output } => {
+            let loaded = load_config(config.as_deref())?;
+            crate::logging::init(&loaded.config.log);
+            runtime()?.block_on(async {
+                let report = crate::daemon::observe_once(&loaded.config).await?;
+                match output {
+                    Output::Table => print!("{}", report.to_table()),
+                    Output::Json => println!("{}", report.to_json()),
+                }
+                Ok(())
+            })
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! ecs-capacity-agent: observes an ECS container instance, reports its spare capacity and drains it
+//! before it goes away. See DESIGN.md in the shared folder for the architecture.
+
+pub mod aws;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod host;
+pub mod logging;
+pub mod metrics;
+pub mod report;
+pub mod retry;
+
+pub use error::Error;

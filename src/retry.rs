@@ -1,0 +1,108 @@
+//! The one retry policy: jittered exponential backoff, and the classifier that decides what is worth
+//! retrying. AWS SDK calls use the SDK's own standard retry layer (configured in `aws`), which applies
+//! the same classification (throttling, 5xx, timeouts transient; other 4xx permanent); this module
+//! serves the HTTP peers the SDK does not cover (IMDS, the ECS agent's introspection API) and the
+//! loops that wait for a peer to come back (Docker, CloudWatch buffering).
+
+use std::time::Duration;
+
+use rand::RngExt as _;
+
+/// Whether a failure is worth trying again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Transient,
+    Permanent,
+}
+
+/// HTTP status → class: throttling (429), request timeout (408) and 5xx are transient.
+pub fn classify_status(status: u16) -> Class {
+    match status {
+        408 | 429 | 500..=599 => Class::Transient,
+        _ => Class::Permanent,
+    }
+}
+
+/// reqwest errors: connection failures and timeouts are transient; a bad URL or body is permanent.
+pub fn classify_reqwest(e: &reqwest::Error) -> Class {
+    if let Some(status) = e.status() {
+        return classify_status(status.as_u16());
+    }
+    if e.is_timeout() || e.is_connect() || e.is_request() {
+        Class::Transient
+    } else {
+        Class::Permanent
+    }
+}
+
+/// Exponential backoff with full jitter, capped.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+        }
+    }
+
+    /// The next delay: uniformly random in [base/2, min(cap, base·2^attempt)].
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self.ceiling();
+        self.attempt = self.attempt.saturating_add(1);
+        let low = (self.base / 2).min(ceiling);
+        if ceiling <= low {
+            return ceiling;
+        }
+        let nanos = rand::rng().random_range(low.as_nanos()..=ceiling.as_nanos());
+        Duration::from_nanos(nanos.min(u64::MAX as u128) as u64)
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
+
+    fn ceiling(&self) -> Duration {
+        let factor = 1u32.checked_shl(self.attempt.min(20)).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttling_and_server_errors_are_transient_client_errors_are_not() {
+        for s in [408, 429, 500, 502, 503, 504] {
+            assert_eq!(classify_status(s), Class::Transient, "{s}");
+        }
+        for s in [400, 401, 403, 404] {
+            assert_eq!(classify_status(s), Class::Permanent, "{s}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let delays: Vec<_> = (0..10).map(|_| b.next_delay()).collect();
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d >= Duration::from_millis(50) && *d <= Duration::from_secs(2))
+        );
+        assert!(delays[0] <= Duration::from_millis(100));
+        b.reset();
+        assert_eq!(b.attempts(), 0);
+    }
+}
