@@ -9,6 +9,7 @@ pub mod error;
 pub mod host;
 pub mod logging;
 pub mod metrics;
+pub mod notice;
 pub mod report;
 pub mod retry;
 
