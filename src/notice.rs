@@ -10,7 +10,10 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Notice {
     /// `spot/instance-action`: `{"action":"terminate|stop|hibernate","time":"2017-09-18T08:22:00Z"}`.
-    Spot { action: SpotAction, time: SystemTime },
+    Spot {
+        action: SpotAction,
+        time: SystemTime,
+    },
     /// `autoscaling/target-lifecycle-state` turned `Terminated` (the ASG wants the instance gone).
     /// `seen_at` is when this daemon first saw it (the endpoint carries no time of its own).
     AutoScalingTerminated { seen_at: SystemTime },
@@ -73,5 +76,7 @@ impl Notice {
 }
 
 fn unix(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

@@ -1,0 +1,5 @@
+//! The one integration-test binary (one link of the AWS SDK instead of one per file).
+
+mod support;
+
+mod foundation;

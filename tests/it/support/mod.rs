@@ -1,0 +1,65 @@
+//! Shared test support: real peers on 127.0.0.1 (moto, the local Docker engine, a fake IMDSv2).
+//!
+//! A missing peer fails the test when `CI=true`; elsewhere the test is skipped with a loud message on
+//! stderr (use the `require!` macro).
+
+#![allow(dead_code)]
+
+pub mod docker;
+pub mod imds;
+pub mod moto;
+
+use std::path::PathBuf;
+
+pub fn in_ci() -> bool {
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Called when a peer a test needs is missing: panics in CI, warns loudly elsewhere.
+pub fn missing_peer(peer: &str, why: &str) {
+    let msg = format!("required test peer missing: {peer}: {why} (run scripts/test-env.sh)");
+    if in_ci() {
+        panic!("{msg}");
+    }
+    eprintln!("\n*** SKIPPED (not in CI): {msg} ***\n");
+}
+
+/// `let moto = require!(Moto::start(), "moto");` — the value, or return from the test after
+/// `missing_peer` (which panics in CI).
+#[macro_export]
+macro_rules! require {
+    ($result:expr, $peer:expr) => {
+        match $result {
+            Ok(v) => v,
+            Err(why) => {
+                $crate::support::missing_peer($peer, &why.to_string());
+                return;
+            }
+        }
+    };
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most `limit`. For eventual consistency in
+/// tests (events arriving, servers starting) — a generous bound, never a speed assertion.
+pub async fn eventually<T, F, Fut>(limit: std::time::Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
