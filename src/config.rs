@@ -750,6 +750,12 @@ fn validate(c: &Config, sources: &BTreeMap<String, Source>) -> Result<(), Config
             return Err(invalid(key, "must be longer than 0s".into()));
         }
     }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.log.level) {
+        return Err(invalid(
+            "log.level",
+            format!("{:?} is not a log filter ({e}); use e.g. \"info\", \"debug\" or \"ecs_capacity_agent=debug,info\"", c.log.level),
+        ));
+    }
     if c.agent.cluster.trim().is_empty() {
         return Err(invalid("agent.cluster", "must not be empty".into()));
     }
