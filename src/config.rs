@@ -24,7 +24,7 @@ const ENV_NOT_KEYS: &[&str] = &["ECS_CAPACITY_AGENT_CONFIG"];
 /// SSH, Docker, Docker TLS, the agent's introspection port and its debug port).
 pub const ECS_DEFAULT_RESERVED_PORTS: [u16; 5] = [22, 2375, 2376, 51678, 51679];
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub agent: AgentConfig,
@@ -215,22 +215,6 @@ pub enum Reaction {
 pub enum FailureAction {
     Abandon,
     StayDraining,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            agent: AgentConfig::default(),
-            log: LogConfig::default(),
-            host: HostConfig::default(),
-            capacity: CapacityConfig::default(),
-            sinks: SinksConfig::default(),
-            prometheus: PrometheusConfig::default(),
-            cloudwatch: CloudWatchConfig::default(),
-            imds: ImdsConfig::default(),
-            drain: DrainConfig::default(),
-        }
-    }
 }
 
 impl Default for AgentConfig {
@@ -753,7 +737,10 @@ fn validate(c: &Config, sources: &BTreeMap<String, Source>) -> Result<(), Config
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.log.level) {
         return Err(invalid(
             "log.level",
-            format!("{:?} is not a log filter ({e}); use e.g. \"info\", \"debug\" or \"ecs_capacity_agent=debug,info\"", c.log.level),
+            format!(
+                "{:?} is not a log filter ({e}); use e.g. \"info\", \"debug\" or \"ecs_capacity_agent=debug,info\"",
+                c.log.level
+            ),
         ));
     }
     if c.agent.cluster.trim().is_empty() {

@@ -142,10 +142,10 @@ fn start_daemon(cfg: &Path) -> (Child, String) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                if let Some(addr) = v.get("addr").and_then(|a| a.as_str()) {
-                    let _ = tx.send(addr.to_string());
-                }
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && let Some(addr) = v.get("addr").and_then(|a| a.as_str())
+            {
+                let _ = tx.send(addr.to_string());
             }
         }
     });
