@@ -65,10 +65,20 @@ pub fn read(cfg: &HostConfig, meminfo: &Path) -> Result<Registered, RegisteredEr
 }
 
 fn online_cpus() -> u64 {
-    // The ECS agent counts runtime.NumCPU(), which honours the affinity mask, as does this.
-    std::thread::available_parallelism()
-        .map(|n| n.get() as u64)
-        .unwrap_or(1)
+    // The ECS agent counts Go's runtime.NumCPU(): the CPUs in this process's affinity mask. Rust's
+    // available_parallelism would also apply a cgroup CPU quota (e.g. systemd CPUQuota= on this unit),
+    // which the ECS agent does not, so count the mask directly.
+    use nix::sched::{CpuSet, sched_getaffinity};
+    use nix::unistd::Pid;
+    match sched_getaffinity(Pid::from_raw(0)) {
+        Ok(set) => (0..CpuSet::count())
+            .filter(|&i| set.is_set(i).unwrap_or(false))
+            .count()
+            .max(1) as u64,
+        Err(_) => std::thread::available_parallelism()
+            .map(|n| n.get() as u64)
+            .unwrap_or(1),
+    }
 }
 
 #[cfg(test)]
