@@ -5,6 +5,7 @@ pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod drain;
 pub mod error;
 pub mod host;
 pub mod logging;
