@@ -782,11 +782,15 @@ fn validate(c: &Config, sources: &BTreeMap<String, Source>) -> Result<(), Config
     }
     let id = c.drain.instance_id.trim();
     if !id.is_empty()
-        && !(id.starts_with("i-") && id.len() > 2 && id[2..].chars().all(|ch| ch.is_ascii_hexdigit()))
+        && !(id.starts_with("i-")
+            && id.len() > 2
+            && id[2..].chars().all(|ch| ch.is_ascii_hexdigit()))
     {
         return Err(invalid(
             "drain.instance_id",
-            format!("{id:?} is not an EC2 instance id (\"i-\" and hex digits, e.g. \"i-0abc1234def567890\")"),
+            format!(
+                "{id:?} is not an EC2 instance id (\"i-\" and hex digits, e.g. \"i-0abc1234def567890\")"
+            ),
         ));
     }
     if c.drain.drain_on_shutdown && c.drain.shutdown_drain_timeout.is_zero() {
@@ -1034,7 +1038,10 @@ mod tests {
         let err = load_text("[drain]\ninstance_id = \"web-1\"\n", &[])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("drain.instance_id") && err.contains("web-1"), "{err}");
+        assert!(
+            err.contains("drain.instance_id") && err.contains("web-1"),
+            "{err}"
+        );
         let ok = load_text("[drain]\ninstance_id = \"i-0abc1234def567890\"\n", &[]).unwrap();
         assert_eq!(ok.config.drain.instance_id, "i-0abc1234def567890");
         let err = load_text(

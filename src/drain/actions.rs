@@ -255,13 +255,19 @@ impl AwsEffects {
             .filter(|h| h.lifecycle_transition.as_deref() == Some(TERMINATING))
             .collect();
         if hooks.len() > 1 {
-            tracing::warn!(group, count = hooks.len(), "several terminating hooks: using the first; set drain.lifecycle_hook to choose");
+            tracing::warn!(
+                group,
+                count = hooks.len(),
+                "several terminating hooks: using the first; set drain.lifecycle_hook to choose"
+            );
         }
         let Some(h) = hooks.into_iter().next() else {
             if let Some(name) = &t.lifecycle_hook {
                 return Err(Failure::new(
                     FailureKind::Permanent,
-                    format!("group {group} has no terminating lifecycle hook named {name:?} (drain.lifecycle_hook)"),
+                    format!(
+                        "group {group} has no terminating lifecycle hook named {name:?} (drain.lifecycle_hook)"
+                    ),
                 ));
             }
             return Ok(None);

@@ -99,11 +99,16 @@ pub struct Scheduled {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Reason {
-    Spot { action: String },
+    Spot {
+        action: String,
+    },
     AutoScaling,
     /// A rebalance recommendation: elevated risk of interruption, no deadline.
     Rebalance,
-    Maintenance { event_id: String, code: String },
+    Maintenance {
+        event_id: String,
+        code: String,
+    },
     Manual,
     Shutdown,
 }
@@ -253,7 +258,9 @@ pub enum Input {
     Notice(Notice),
     Command(Command),
     /// Periodic check; `tasks` = remaining tasks when they could be counted.
-    Tick { tasks: Option<u32> },
+    Tick {
+        tasks: Option<u32>,
+    },
     Done(Done),
     /// The process (re)started with this state loaded.
     Restarted,
@@ -304,7 +311,10 @@ pub enum Effect {
     /// Publish metrics at once (a drain started or ended).
     PublishNow,
     /// Tell the operator: a notice configured as `report`, or something that deserves a loud line.
-    Log { level: Level, message: String },
+    Log {
+        level: Level,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -527,7 +537,8 @@ fn start_due_maintenance(st: &mut State, now: SystemTime, fx: &mut Vec<Effect>) 
 
 /// A maintenance event was canceled or completed: drop its reason; with no reason left, back to ACTIVE.
 fn stand_down(st: &mut State, event_id: &str, fx: &mut Vec<Effect>) {
-    let is_it = |r: &Reason| matches!(r, Reason::Maintenance { event_id: id, .. } if id == event_id);
+    let is_it =
+        |r: &Reason| matches!(r, Reason::Maintenance { event_id: id, .. } if id == event_id);
     let drain = match &mut st.phase {
         Phase::Draining(d) => d,
         Phase::Drained { drain, .. } => drain,
@@ -540,7 +551,9 @@ fn stand_down(st: &mut State, event_id: &str, fx: &mut Vec<Effect>) {
     if drain.reasons.is_empty() && drain.lifecycle == Lifecycle::None {
         fx.push(log(
             Level::Warn,
-            format!("scheduled event {event_id} canceled or completed: standing down, back to ACTIVE"),
+            format!(
+                "scheduled event {event_id} canceled or completed: standing down, back to ACTIVE"
+            ),
         ));
         st.phase = Phase::Active;
         fx.push(Effect::SetActive);
@@ -810,7 +823,12 @@ fn drain_mut(phase: &mut Phase) -> Option<&mut Drain> {
     }
 }
 
-fn on_completed(st: &mut State, outcome: Result<(), Failure>, now: SystemTime, fx: &mut Vec<Effect>) {
+fn on_completed(
+    st: &mut State,
+    outcome: Result<(), Failure>,
+    now: SystemTime,
+    fx: &mut Vec<Effect>,
+) {
     let Some(d) = drain_mut(&mut st.phase) else {
         return;
     };
@@ -844,7 +862,10 @@ fn on_completed(st: &mut State, outcome: Result<(), Failure>, now: SystemTime, f
             // Not applied (throttled or refused before processing): the next tick tries again.
             fx.push(log(
                 Level::Warn,
-                format!("completing the lifecycle action failed, retrying: {}", f.message),
+                format!(
+                    "completing the lifecycle action failed, retrying: {}",
+                    f.message
+                ),
             ));
             d.lifecycle = Lifecycle::Pending {
                 hook,
@@ -964,7 +985,11 @@ fn on_restart(st: &mut State, now: SystemTime, fx: &mut Vec<Effect>) {
     } else if let Phase::Draining(d) = &st.phase {
         fx.push(log(
             Level::Warn,
-            format!("resuming the drain started {} ({})", humantime::format_rfc3339_seconds(d.since), d.reason_text()),
+            format!(
+                "resuming the drain started {} ({})",
+                humantime::format_rfc3339_seconds(d.since),
+                d.reason_text()
+            ),
         ));
         // ECS may have missed DRAINING if the process died right after recording it: it is idempotent.
         if let Phase::Draining(d) = &mut st.phase {
@@ -998,7 +1023,12 @@ mod tests {
         }
     }
 
-    fn maintenance(id: &str, code: MaintenanceCode, not_before: u64, state: MaintenanceState) -> Notice {
+    fn maintenance(
+        id: &str,
+        code: MaintenanceCode,
+        not_before: u64,
+        state: MaintenanceState,
+    ) -> Notice {
         Notice::Maintenance(MaintenanceEvent {
             event_id: id.into(),
             code,
@@ -1074,7 +1104,9 @@ mod tests {
         let (st, fx) = step(&State::default(), Input::Notice(spot(120)), t(0), &s);
         assert_eq!(st.phase, Phase::Active);
         assert!(acts(&fx).is_empty());
-        assert!(matches!(&fx[0], Effect::Log { level: Level::Warn, message } if message.contains("report")));
+        assert!(
+            matches!(&fx[0], Effect::Log { level: Level::Warn, message } if message.contains("report"))
+        );
         // Reported once: the same notice again says nothing.
         let (_, fx) = step(&st, Input::Notice(spot(120)), t(1), &s);
         assert!(fx.is_empty());
@@ -1110,7 +1142,11 @@ mod tests {
     #[test]
     fn set_draining_is_retried_on_the_next_tick_after_a_transient_failure() {
         let (st, _) = run(&State::default(), Input::Notice(spot(120)), 0);
-        let (st, fx) = run(&st, Input::Done(Done::SetDraining(Err(transient("throttled")))), 0);
+        let (st, fx) = run(
+            &st,
+            Input::Done(Done::SetDraining(Err(transient("throttled")))),
+            0,
+        );
         assert!(acts(&fx).is_empty());
         let (st, fx) = run(&st, Input::Tick { tasks: None }, 5);
         assert_eq!(acts(&fx), vec![Effect::SetDraining]);
@@ -1135,7 +1171,11 @@ mod tests {
         let (st, _) = run(&st, Input::Tick { tasks: Some(3) }, 5);
         let (st, fx) = run(&st, Input::Tick { tasks: None }, 10);
         assert!(acts(&fx).is_empty());
-        assert_eq!(draining(&st).tasks_remaining, Some(3), "the last count is kept");
+        assert_eq!(
+            draining(&st).tasks_remaining,
+            Some(3),
+            "the last count is kept"
+        );
     }
 
     #[test]
@@ -1151,7 +1191,13 @@ mod tests {
         let st = spot_draining();
         let (st, fx) = run(&st, Input::Tick { tasks: Some(2) }, 121);
         assert!(matches!(st.phase, Phase::Drained { forced: true, .. }));
-        assert!(fx.iter().any(|e| matches!(e, Effect::Log { level: Level::Error, .. })));
+        assert!(fx.iter().any(|e| matches!(
+            e,
+            Effect::Log {
+                level: Level::Error,
+                ..
+            }
+        )));
         assert!(fx.contains(&Effect::PublishNow));
     }
 
@@ -1179,7 +1225,11 @@ mod tests {
         let (st, _) = run(&st, Input::Done(Done::SetDraining(Ok(()))), 0);
         let (st, _) = run(&st, Input::Done(Done::FindHook(Err(transient("5xx")))), 0);
         let (st, fx) = run(&st, Input::Tick { tasks: Some(0) }, 5);
-        assert_eq!(acts(&fx), vec![Effect::FindHook], "not drained before the hook is known");
+        assert_eq!(
+            acts(&fx),
+            vec![Effect::FindHook],
+            "not drained before the hook is known"
+        );
         assert!(matches!(st.phase, Phase::Draining(_)));
         let (st, _) = run(&st, Input::Done(Done::FindHook(Ok(None))), 5);
         assert_eq!(draining(&st).lifecycle, Lifecycle::NoHook);
@@ -1205,7 +1255,11 @@ mod tests {
     fn a_failed_heartbeat_is_tried_again_on_the_next_tick() {
         let st = asg_pending();
         let (st, _) = run(&st, Input::Tick { tasks: Some(1) }, 100);
-        let (st, _) = run(&st, Input::Done(Done::Heartbeat(Err(transient("timeout")))), 100);
+        let (st, _) = run(
+            &st,
+            Input::Done(Done::Heartbeat(Err(transient("timeout")))),
+            100,
+        );
         let (_, fx) = run(&st, Input::Tick { tasks: Some(1) }, 105);
         assert_eq!(acts(&fx), vec![Effect::Heartbeat(hook())]);
     }
@@ -1218,7 +1272,10 @@ mod tests {
             acts(&fx),
             vec![Effect::Complete(hook(), LifecycleResult::Continue)]
         );
-        assert!(matches!(draining(&st).lifecycle, Lifecycle::Completing { .. }));
+        assert!(matches!(
+            draining(&st).lifecycle,
+            Lifecycle::Completing { .. }
+        ));
         // Ticks while the call is in flight do not send it again.
         let (st2, fx) = run(&st, Input::Tick { tasks: Some(0) }, 31);
         assert!(acts(&fx).is_empty());
@@ -1226,9 +1283,16 @@ mod tests {
         let (st, fx) = run(&st, Input::Done(Done::Complete(Ok(()))), 31);
         assert_eq!(acts(&fx), vec![Effect::PublishNow]);
         match &st.phase {
-            Phase::Drained { drain, forced: false, .. } => assert!(matches!(
+            Phase::Drained {
+                drain,
+                forced: false,
+                ..
+            } => assert!(matches!(
                 drain.lifecycle,
-                Lifecycle::Completed { result: LifecycleResult::Continue, .. }
+                Lifecycle::Completed {
+                    result: LifecycleResult::Continue,
+                    ..
+                }
             )),
             other => panic!("{other:?}"),
         }
@@ -1240,16 +1304,30 @@ mod tests {
     fn a_throttled_completion_is_retried_but_an_unanswered_one_is_not() {
         let st = asg_pending();
         let (st, _) = run(&st, Input::Tick { tasks: Some(0) }, 30);
-        let (st, _) = run(&st, Input::Done(Done::Complete(Err(transient("Throttling")))), 30);
-        assert!(matches!(draining(&st).lifecycle, Lifecycle::Pending { seen_at, .. } if seen_at == t(0)));
-        let (st, fx) = run(&st, Input::Tick { tasks: Some(0) }, 35);
-        assert_eq!(acts(&fx), vec![Effect::Complete(hook(), LifecycleResult::Continue)]);
         let (st, _) = run(
             &st,
-            Input::Done(Done::Complete(Err(Failure::new(FailureKind::Unknown, "timed out")))),
+            Input::Done(Done::Complete(Err(transient("Throttling")))),
+            30,
+        );
+        assert!(
+            matches!(draining(&st).lifecycle, Lifecycle::Pending { seen_at, .. } if seen_at == t(0))
+        );
+        let (st, fx) = run(&st, Input::Tick { tasks: Some(0) }, 35);
+        assert_eq!(
+            acts(&fx),
+            vec![Effect::Complete(hook(), LifecycleResult::Continue)]
+        );
+        let (st, _) = run(
+            &st,
+            Input::Done(Done::Complete(Err(Failure::new(
+                FailureKind::Unknown,
+                "timed out",
+            )))),
             36,
         );
-        assert!(matches!(&st.phase, Phase::Drained { drain, .. } if matches!(drain.lifecycle, Lifecycle::Uncertain { .. })));
+        assert!(
+            matches!(&st.phase, Phase::Drained { drain, .. } if matches!(drain.lifecycle, Lifecycle::Uncertain { .. }))
+        );
         let (_, fx) = run(&st, Input::Tick { tasks: Some(0) }, 40);
         assert!(acts(&fx).is_empty());
     }
@@ -1261,7 +1339,10 @@ mod tests {
         let (_, fx) = run(&st, Input::Tick { tasks: Some(4) }, 30_000 - 11);
         assert!(!fx.iter().any(|e| matches!(e, Effect::Complete(..))));
         let (st, fx) = run(&st, Input::Tick { tasks: Some(4) }, 30_000 - 10);
-        assert_eq!(acts(&fx), vec![Effect::Complete(hook(), LifecycleResult::Continue)]);
+        assert_eq!(
+            acts(&fx),
+            vec![Effect::Complete(hook(), LifecycleResult::Continue)]
+        );
         assert!(fx.iter().any(|e| matches!(e, Effect::Log { level: Level::Error, message } if message.contains("global timeout"))));
         let (st, _) = run(&st, Input::Done(Done::Complete(Ok(()))), 30_000);
         assert!(matches!(st.phase, Phase::Drained { forced: true, .. }));
@@ -1279,7 +1360,11 @@ mod tests {
     #[test]
     fn permanent_failure_abandons_a_pending_lifecycle_action_by_default() {
         let st = asg_pending();
-        let (st, fx) = run(&st, Input::Done(Done::Heartbeat(Err(permanent("AccessDenied")))), 10);
+        let (st, fx) = run(
+            &st,
+            Input::Done(Done::Heartbeat(Err(permanent("AccessDenied")))),
+            10,
+        );
         assert_eq!(
             acts(&fx),
             vec![
@@ -1292,7 +1377,10 @@ mod tests {
         match &st.phase {
             Phase::Failed { drain, .. } => assert!(matches!(
                 drain.lifecycle,
-                Lifecycle::Completed { result: LifecycleResult::Abandon, .. }
+                Lifecycle::Completed {
+                    result: LifecycleResult::Abandon,
+                    ..
+                }
             )),
             other => panic!("{other:?}"),
         }
@@ -1305,9 +1393,16 @@ mod tests {
             ..Settings::default()
         };
         let st = asg_pending();
-        let (st, fx) = step(&st, Input::Done(Done::Heartbeat(Err(permanent("denied")))), t(10), &s);
+        let (st, fx) = step(
+            &st,
+            Input::Done(Done::Heartbeat(Err(permanent("denied")))),
+            t(10),
+            &s,
+        );
         assert_eq!(acts(&fx), vec![Effect::PublishNow]);
-        assert!(matches!(&st.phase, Phase::Failed { drain, .. } if matches!(drain.lifecycle, Lifecycle::Pending { .. })));
+        assert!(
+            matches!(&st.phase, Phase::Failed { drain, .. } if matches!(drain.lifecycle, Lifecycle::Pending { .. }))
+        );
         let (_, fx) = step(&st, Input::Tick { tasks: Some(0) }, t(20), &s);
         assert!(acts(&fx).is_empty(), "a failed drain does nothing more");
     }
@@ -1320,7 +1415,9 @@ mod tests {
             Input::Done(Done::SetDraining(Err(permanent("no container instance")))),
             0,
         );
-        assert!(matches!(&st.phase, Phase::Failed { error, .. } if error.contains("no container instance")));
+        assert!(
+            matches!(&st.phase, Phase::Failed { error, .. } if error.contains("no container instance"))
+        );
     }
 
     #[test]
@@ -1341,7 +1438,12 @@ mod tests {
     #[test]
     fn maintenance_drains_at_not_before_minus_lead_time() {
         // Lead time 15 min: NotBefore at 3600 → drain from 2700.
-        let n = maintenance("ev-1", MaintenanceCode::SystemReboot, 3600, MaintenanceState::Active);
+        let n = maintenance(
+            "ev-1",
+            MaintenanceCode::SystemReboot,
+            3600,
+            MaintenanceState::Active,
+        );
         let (st, fx) = run(&State::default(), Input::Notice(n), 0);
         assert!(acts(&fx).is_empty());
         assert_eq!(st.scheduled["ev-1"].drain_at, t(2700));
@@ -1355,10 +1457,17 @@ mod tests {
 
     #[test]
     fn maintenance_already_within_the_lead_time_drains_at_once() {
-        let n = maintenance("ev-1", MaintenanceCode::InstanceRetirement, 600, MaintenanceState::Active);
+        let n = maintenance(
+            "ev-1",
+            MaintenanceCode::InstanceRetirement,
+            600,
+            MaintenanceState::Active,
+        );
         let (st, fx) = run(&State::default(), Input::Notice(n), 0);
         assert_eq!(acts(&fx), vec![Effect::SetDraining, Effect::PublishNow]);
-        assert!(matches!(&draining(&st).reasons[0], Reason::Maintenance { event_id, .. } if event_id == "ev-1"));
+        assert!(
+            matches!(&draining(&st).reasons[0], Reason::Maintenance { event_id, .. } if event_id == "ev-1")
+        );
     }
 
     #[test]
@@ -1369,11 +1478,22 @@ mod tests {
             MaintenanceCode::SystemReboot,
             MaintenanceCode::InstanceReboot,
         ] {
-            let (st, _) = run(&State::default(), Input::Notice(maintenance("e", code.clone(), 0, MaintenanceState::Active)), 0);
+            let (st, _) = run(
+                &State::default(),
+                Input::Notice(maintenance("e", code.clone(), 0, MaintenanceState::Active)),
+                0,
+            );
             assert!(matches!(st.phase, Phase::Draining(_)), "{code:?}");
         }
-        for code in [MaintenanceCode::SystemMaintenance, MaintenanceCode::Other("x".into())] {
-            let (st, fx) = run(&State::default(), Input::Notice(maintenance("e", code.clone(), 0, MaintenanceState::Active)), 0);
+        for code in [
+            MaintenanceCode::SystemMaintenance,
+            MaintenanceCode::Other("x".into()),
+        ] {
+            let (st, fx) = run(
+                &State::default(),
+                Input::Notice(maintenance("e", code.clone(), 0, MaintenanceState::Active)),
+                0,
+            );
             assert_eq!(st.phase, Phase::Active, "{code:?}");
             assert!(acts(&fx).is_empty());
         }
@@ -1381,9 +1501,19 @@ mod tests {
 
     #[test]
     fn maintenance_canceled_before_its_drain_time_is_forgotten() {
-        let n = maintenance("ev-1", MaintenanceCode::InstanceStop, 3600, MaintenanceState::Active);
+        let n = maintenance(
+            "ev-1",
+            MaintenanceCode::InstanceStop,
+            3600,
+            MaintenanceState::Active,
+        );
         let (st, _) = run(&State::default(), Input::Notice(n), 0);
-        let c = maintenance("ev-1", MaintenanceCode::InstanceStop, 3600, MaintenanceState::Canceled);
+        let c = maintenance(
+            "ev-1",
+            MaintenanceCode::InstanceStop,
+            3600,
+            MaintenanceState::Canceled,
+        );
         let (st, fx) = run(&st, Input::Notice(c), 10);
         assert!(acts(&fx).is_empty());
         assert!(st.scheduled.is_empty());
@@ -1394,10 +1524,20 @@ mod tests {
 
     #[test]
     fn maintenance_canceled_while_draining_stands_down_to_active() {
-        let n = maintenance("ev-1", MaintenanceCode::InstanceStop, 60, MaintenanceState::Active);
+        let n = maintenance(
+            "ev-1",
+            MaintenanceCode::InstanceStop,
+            60,
+            MaintenanceState::Active,
+        );
         let (st, _) = run(&State::default(), Input::Notice(n), 0);
         let (st, _) = run(&st, Input::Done(Done::SetDraining(Ok(()))), 0);
-        let c = maintenance("ev-1", MaintenanceCode::InstanceStop, 60, MaintenanceState::Canceled);
+        let c = maintenance(
+            "ev-1",
+            MaintenanceCode::InstanceStop,
+            60,
+            MaintenanceState::Canceled,
+        );
         let (st, fx) = run(&st, Input::Notice(c), 10);
         assert_eq!(acts(&fx), vec![Effect::SetActive, Effect::PublishNow]);
         assert_eq!(st.phase, Phase::Active);
@@ -1405,21 +1545,45 @@ mod tests {
 
     #[test]
     fn maintenance_canceled_does_not_stand_down_a_drain_with_another_reason() {
-        let n = maintenance("ev-1", MaintenanceCode::InstanceStop, 60, MaintenanceState::Active);
+        let n = maintenance(
+            "ev-1",
+            MaintenanceCode::InstanceStop,
+            60,
+            MaintenanceState::Active,
+        );
         let (st, _) = run(&State::default(), Input::Notice(n), 0);
         let (st, _) = run(&st, Input::Notice(spot(120)), 1);
-        let c = maintenance("ev-1", MaintenanceCode::InstanceStop, 60, MaintenanceState::Canceled);
+        let c = maintenance(
+            "ev-1",
+            MaintenanceCode::InstanceStop,
+            60,
+            MaintenanceState::Canceled,
+        );
         let (st, fx) = run(&st, Input::Notice(c), 10);
         assert!(acts(&fx).is_empty());
         assert_eq!(draining(&st).reasons.len(), 1);
-        assert_eq!(draining(&st).deadline, Some(t(60)), "deadlines only get closer");
+        assert_eq!(
+            draining(&st).deadline,
+            Some(t(60)),
+            "deadlines only get closer"
+        );
     }
 
     #[test]
     fn a_rescheduled_maintenance_event_moves_its_drain_time() {
-        let n = maintenance("ev-1", MaintenanceCode::InstanceStop, 3600, MaintenanceState::Active);
+        let n = maintenance(
+            "ev-1",
+            MaintenanceCode::InstanceStop,
+            3600,
+            MaintenanceState::Active,
+        );
         let (st, _) = run(&State::default(), Input::Notice(n), 0);
-        let later = maintenance("ev-1", MaintenanceCode::InstanceStop, 7200, MaintenanceState::Active);
+        let later = maintenance(
+            "ev-1",
+            MaintenanceCode::InstanceStop,
+            7200,
+            MaintenanceState::Active,
+        );
         let (st, _) = run(&st, Input::Notice(later), 10);
         assert_eq!(st.scheduled["ev-1"].drain_at, t(6300));
     }
@@ -1468,7 +1632,10 @@ mod tests {
         // And it carries on: tasks gone → one completion.
         let (st, _) = run(&st, Input::Done(Done::SetDraining(Ok(()))), 50);
         let (_, fx) = run(&st, Input::Tick { tasks: Some(0) }, 55);
-        assert_eq!(acts(&fx), vec![Effect::Complete(hook(), LifecycleResult::Continue)]);
+        assert_eq!(
+            acts(&fx),
+            vec![Effect::Complete(hook(), LifecycleResult::Continue)]
+        );
     }
 
     #[test]
@@ -1490,7 +1657,13 @@ mod tests {
         let (st, _) = run(&st, Input::Tick { tasks: Some(0) }, 30);
         let (st, fx) = run(&st, Input::Restarted, 40);
         assert!(!fx.iter().any(|e| matches!(e, Effect::Complete(..))));
-        assert!(fx.iter().any(|e| matches!(e, Effect::Log { level: Level::Error, .. })));
+        assert!(fx.iter().any(|e| matches!(
+            e,
+            Effect::Log {
+                level: Level::Error,
+                ..
+            }
+        )));
         match &st.phase {
             Phase::Drained { drain, .. } => {
                 assert!(matches!(drain.lifecycle, Lifecycle::Uncertain { .. }))

@@ -8,6 +8,7 @@
 //!   publishes, and the drain-before-shutdown helper.
 
 pub mod actions;
+pub mod command;
 pub mod machine;
 pub mod state;
 
@@ -262,12 +263,13 @@ impl Runner {
         effects: impl Effects,
         health: Arc<Health>,
     ) -> (Runner, Handles) {
-        let initial = store
-            .load()
-            .map(|s| DrainStatus::from_state(&s))
-            .unwrap_or(DrainStatus::Idle {
-                scheduled: Vec::new(),
-            });
+        let initial =
+            store
+                .load()
+                .map(|s| DrainStatus::from_state(&s))
+                .unwrap_or(DrainStatus::Idle {
+                    scheduled: Vec::new(),
+                });
         let (status, status_rx) = watch::channel(initial);
         let publish_now = Arc::new(Notify::new());
         let runner = Runner {
@@ -335,7 +337,9 @@ impl Runner {
 
     /// Steps the machine with `input` and everything its effects lead to. Errors writing the state
     /// are logged: the effects of a step whose state could not be recorded are not performed.
-    pub async fn apply(&self, input: Input) {
+    /// Returns the outcomes of the effects performed.
+    pub async fn apply(&self, input: Input) -> Vec<Done> {
+        let mut performed = Vec::new();
         let mut queue = VecDeque::from([input]);
         while let Some(input) = queue.pop_front() {
             let now = SystemTime::now();
@@ -355,10 +359,12 @@ impl Runner {
             self.status.send_replace(status);
             for effect in effects {
                 if let Some(done) = self.perform(effect).await {
+                    performed.push(done.clone());
                     queue.push_back(Input::Done(done));
                 }
             }
         }
+        performed
     }
 
     async fn perform(&self, effect: Effect) -> Option<Done> {

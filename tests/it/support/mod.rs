@@ -7,6 +7,7 @@
 
 pub mod docker;
 pub mod imds;
+pub mod lifecycle;
 pub mod moto;
 
 use std::path::PathBuf;
