@@ -2,4 +2,5 @@
 
 mod support;
 
+mod cgroup_real;
 mod foundation;
