@@ -3,4 +3,5 @@
 mod support;
 
 mod cgroup_real;
+mod cluster;
 mod foundation;
