@@ -2,7 +2,9 @@
 //! before it goes away. See DESIGN.md in the shared folder for the architecture.
 
 pub mod aws;
+pub mod capacity;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod docker;

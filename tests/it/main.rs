@@ -2,5 +2,6 @@
 
 mod support;
 
+mod cluster;
 mod foundation;
 mod host;
