@@ -5,3 +5,4 @@ mod support;
 mod cgroup_real;
 mod cluster;
 mod foundation;
+mod host;
