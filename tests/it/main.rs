@@ -2,5 +2,8 @@
 
 mod support;
 
+mod cgroup_real;
+mod cluster;
 mod drain;
 mod foundation;
+mod host;
