@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod host;
+pub mod imds;
 pub mod logging;
 pub mod metrics;
 pub mod notice;
