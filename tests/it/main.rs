@@ -2,5 +2,8 @@
 
 mod support;
 
+mod cgroup_real;
+mod cluster;
 mod foundation;
+mod host;
 mod imds;
