@@ -17,7 +17,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_ecs-capacity-agent");
 const PATIENCE: Duration = Duration::from_secs(60);
 
 /// The daemon on config/local.toml, made hermetic: a free Prometheus port, state and ecs.config in
-/// `dir`, IMDS on a closed loopback port.
+/// `dir`, IMDS on a closed loopback port. Its log goes to `dir/stderr.log`.
 fn daemon(dir: &Path, socket: &Path, watchdog_usec: Option<u64>) -> Child {
     let mut cmd = Command::new(BIN);
     cmd.args(["run", "--config"])
@@ -35,7 +35,7 @@ fn daemon(dir: &Path, socket: &Path, watchdog_usec: Option<u64>) -> Child {
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap());
     if let Some(usec) = watchdog_usec {
         cmd.env("WATCHDOG_USEC", usec.to_string());
     }
@@ -43,13 +43,19 @@ fn daemon(dir: &Path, socket: &Path, watchdog_usec: Option<u64>) -> Child {
 }
 
 /// Collects notify datagrams until `done` says so; panics with what arrived when `PATIENCE` runs out.
-fn receive_until(sock: &UnixDatagram, got: &mut Vec<String>, done: impl Fn(&[String]) -> bool) {
+fn receive_until(
+    sock: &UnixDatagram,
+    dir: &Path,
+    got: &mut Vec<String>,
+    done: impl Fn(&[String]) -> bool,
+) {
     let start = Instant::now();
     let mut buf = [0u8; 4096];
     while !done(got) {
         assert!(
             start.elapsed() < PATIENCE,
-            "notify messages so far: {got:?}"
+            "notify messages so far: {got:?}; daemon log:\n{}",
+            std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
         );
         match sock.recv(&mut buf) {
             Ok(n) => got.extend(
@@ -92,13 +98,13 @@ fn ready_watchdog_and_stopping_reach_the_notify_socket() {
     let mut child = daemon(dir.path(), &path, Some(400_000));
 
     let mut got = Vec::new();
-    receive_until(&sock, &mut got, |g| {
+    receive_until(&sock, dir.path(), &mut got, |g| {
         count(g, "READY=1") == 1 && count(g, "WATCHDOG=1") >= 3
     });
     assert_eq!(count(&got, "STOPPING=1"), 0, "{got:?}");
 
     let status = stop(&mut child);
-    receive_until(&sock, &mut got, |g| count(g, "STOPPING=1") == 1);
+    receive_until(&sock, dir.path(), &mut got, |g| count(g, "STOPPING=1") == 1);
     assert!(status.success(), "exit after SIGTERM: {status}");
     assert_eq!(count(&got, "READY=1"), 1, "READY=1 is sent once: {got:?}");
     let stopping = got.iter().position(|m| m == "STOPPING=1").unwrap();
@@ -113,9 +119,9 @@ fn no_watchdog_pings_when_the_unit_sets_no_watchdog() {
     let mut child = daemon(dir.path(), &path, None);
 
     let mut got = Vec::new();
-    receive_until(&sock, &mut got, |g| count(g, "READY=1") == 1);
+    receive_until(&sock, dir.path(), &mut got, |g| count(g, "READY=1") == 1);
     let status = stop(&mut child);
-    receive_until(&sock, &mut got, |g| count(g, "STOPPING=1") == 1);
+    receive_until(&sock, dir.path(), &mut got, |g| count(g, "STOPPING=1") == 1);
     assert!(status.success(), "exit after SIGTERM: {status}");
     // The daemon has exited, so everything it sent is queued: read the rest, none is a watchdog ping.
     sock.set_nonblocking(true).unwrap();
