@@ -7,3 +7,5 @@ mod cluster;
 mod foundation;
 mod host;
 mod imds;
+mod install;
+mod systemd_notify;
