@@ -19,5 +19,6 @@ pub mod metrics;
 pub mod notice;
 pub mod report;
 pub mod retry;
+pub mod systemd;
 
 pub use error::Error;
