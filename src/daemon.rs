@@ -91,9 +91,7 @@ pub async fn observe(cfg: &Config) -> Result<Snapshot, Error> {
 }
 
 pub async fn observe_once(cfg: &Config) -> Result<Report, Error> {
-    Ok(Report {
-        snapshot: observe(cfg).await?,
-    })
+    Ok(Report::assess(observe(cfg).await?, &cfg.capacity))
 }
 
 /// Runs until `shutdown` resolves, then lets in-flight work finish and returns.
@@ -167,7 +165,7 @@ async fn observe_loop(
         }
         match observer.snapshot().await {
             Ok(snapshot) => {
-                let report = Report { snapshot };
+                let report = Report::assess(snapshot, &cfg.capacity);
                 health.observed();
                 if !ready {
                     crate::systemd::notify_ready();
