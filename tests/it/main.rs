@@ -7,3 +7,6 @@ mod cluster;
 mod drain;
 mod foundation;
 mod host;
+mod imds;
+mod install;
+mod systemd_notify;
