@@ -190,8 +190,12 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         } => {
             let loaded = load_config(config.as_deref())?;
             crate::logging::init(&loaded.config.log);
-            let id = crate::drain::command::instance_id(instance_id.as_deref(), &loaded.config)?;
             runtime()?.block_on(async {
+                let id = crate::drain::command::resolve_instance_id(
+                    instance_id.as_deref(),
+                    &loaded.config,
+                )
+                .await?;
                 let status =
                     crate::drain::command::drain(&loaded.config, id, wait, timeout).await?;
                 println!("{}", status.summary());
@@ -204,8 +208,12 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         } => {
             let loaded = load_config(config.as_deref())?;
             crate::logging::init(&loaded.config.log);
-            let id = crate::drain::command::instance_id(instance_id.as_deref(), &loaded.config)?;
             runtime()?.block_on(async {
+                let id = crate::drain::command::resolve_instance_id(
+                    instance_id.as_deref(),
+                    &loaded.config,
+                )
+                .await?;
                 let status = crate::drain::command::activate(&loaded.config, id).await?;
                 println!("{}", status.summary());
                 Ok(())

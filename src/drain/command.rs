@@ -9,8 +9,23 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::Health;
 
+/// The instance id from `--instance-id`, else `drain.instance_id`, else IMDS.
+pub async fn resolve_instance_id(flag: Option<&str>, cfg: &Config) -> Result<String, Error> {
+    match instance_id(flag, cfg) {
+        Err(Error::Input(_)) if flag.is_none() && cfg.drain.instance_id.trim().is_empty() => {
+            let client = crate::imds::client::Client::new(&cfg.imds)
+                .map_err(|e| Error::Unavailable(format!("IMDS: {e}")))?;
+            client.instance_id().await.map_err(|e| {
+                Error::Unavailable(format!(
+                    "cannot read the instance id from IMDS ({e}); pass --instance-id i-… or set drain.instance_id"
+                ))
+            })
+        }
+        other => other,
+    }
+}
+
 /// The instance id from `--instance-id`, else `drain.instance_id`.
-// The IMDS lookup is the third source once the `imds` client is available.
 pub fn instance_id(flag: Option<&str>, cfg: &Config) -> Result<String, Error> {
     let id = flag
         .map(str::trim)

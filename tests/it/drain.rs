@@ -532,6 +532,8 @@ async fn cli_drain_of_an_instance_not_in_the_cluster_says_so() {
         stderr.contains("no container instance for EC2 instance i-0aaaaaaaaaaaaaaa1"),
         "{stderr}"
     );
+    // No id given and IMDS not answering: the error says how to give one.
     let out = cli(&w, dir.path(), &["drain"]).await;
+    assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--instance-id"));
 }
