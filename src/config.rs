@@ -781,11 +781,9 @@ fn validate(c: &Config, sources: &BTreeMap<String, Source>) -> Result<(), Config
         ));
     }
     let id = c.drain.instance_id.trim();
-    if !id.is_empty()
-        && !(id.starts_with("i-")
-            && id.len() > 2
-            && id[2..].chars().all(|ch| ch.is_ascii_hexdigit()))
-    {
+    let looks_like_id =
+        id.starts_with("i-") && id.len() > 2 && id[2..].chars().all(|ch| ch.is_ascii_hexdigit());
+    if !id.is_empty() && !looks_like_id {
         return Err(invalid(
             "drain.instance_id",
             format!(
