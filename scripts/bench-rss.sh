@@ -15,8 +15,11 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/bench-target}
 IMAGE=ecs-capacity-agent-test/busybox:1
 PREFIX=eca-rss-$$
 
-cargo build --release --bin ecs-capacity-agent >&2
-BIN=$CARGO_TARGET_DIR/release/ecs-capacity-agent
+# BIN=path/to/binary skips the build (e.g. to compare a debug build).
+if [[ -z "${BIN:-}" ]]; then
+  cargo build --release --bin ecs-capacity-agent >&2
+  BIN=$CARGO_TARGET_DIR/release/ecs-capacity-agent
+fi
 
 if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
   ctx=$(mktemp -d)
