@@ -3,6 +3,7 @@
 
 pub mod aws;
 pub mod capacity;
+pub mod cgroup;
 pub mod cli;
 pub mod cluster;
 pub mod config;

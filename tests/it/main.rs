@@ -2,6 +2,7 @@
 
 mod support;
 
+mod cgroup_real;
 mod cluster;
 mod foundation;
 mod host;
