@@ -1,6 +1,7 @@
 //! ecs-capacity-agent: observes an ECS container instance, reports its spare capacity and drains it
 //! before it goes away. See DESIGN.md in the shared folder for the architecture.
 
+pub mod assess;
 pub mod aws;
 pub mod capacity;
 pub mod cgroup;
@@ -18,5 +19,6 @@ pub mod metrics;
 pub mod notice;
 pub mod report;
 pub mod retry;
+pub mod systemd;
 
 pub use error::Error;

@@ -88,10 +88,18 @@ async fn reader_finds_real_containers_and_sees_cpu_rise_and_memory_held() {
         (Hierarchy::V2 { .. }, "systemd") => Some(format!("ecstasks-{task_id}.slice")),
         (Hierarchy::V1 { .. } | Hierarchy::Hybrid { .. }, "cgroupfs") => {
             // Docker creates the parent in every mounted hierarchy (pids, blkio, unified, …).
-            for entry in std::fs::read_dir(cg.root()).into_iter().flatten().flatten() {
-                cleanup
-                    .cgroup_dirs
-                    .push(entry.path().join("ecs").join(&task_id));
+            // `ecs` itself goes too when no other run is using it (rmdir fails on a non-empty one).
+            let hierarchies: Vec<PathBuf> = std::fs::read_dir(cg.root())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            for h in &hierarchies {
+                cleanup.cgroup_dirs.push(h.join("ecs").join(&task_id));
+            }
+            for h in &hierarchies {
+                cleanup.cgroup_dirs.push(h.join("ecs"));
             }
             Some(format!("/ecs/{task_id}"))
         }

@@ -6,3 +6,5 @@ mod cgroup_real;
 mod cluster;
 mod foundation;
 mod host;
+mod install;
+mod systemd_notify;
