@@ -2,6 +2,7 @@
 //! before it goes away. See DESIGN.md in the shared folder for the architecture.
 
 pub mod aws;
+pub mod capacity;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -1,0 +1,240 @@
+//! Task shapes from where they are defined: the configuration and ECS task definitions (as the SDK
+//! returns them, or as the AWS CLI prints them, via [`ContainerNeeds`]).
+//!
+//! Rules (issue 4): task-level cpu/memory when set, else the sum over containers (memory: the hard
+//! limit if set, else the soft reservation). Static host ports are port mappings with a non-zero
+//! host port; in `host` network mode the container port is the host port. An `awsvpc` task binds its
+//! ports on its own ENI, not on the host's, so it takes no host ports and needs one ENI instead.
+//! Port ranges (`containerPortRange`) are mapped to dynamic host ports and take no static port.
+
+use std::collections::BTreeSet;
+
+use super::TaskShape;
+use crate::config::TaskShapeConfig;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeError {
+    #[error(
+        "task definition {family}: cpu {value:?} is neither CPU units (\"1024\") nor vCPUs (\"1 vCPU\")"
+    )]
+    Cpu { family: String, value: String },
+    #[error(
+        "task definition {family}: memory {value:?} is neither MiB (\"2048\") nor GB (\"2 GB\")"
+    )]
+    Memory { family: String, value: String },
+    #[error(
+        "task definition {family}: container {container}: {what} {value} is not a port (0–65535)"
+    )]
+    Port {
+        family: String,
+        container: String,
+        what: &'static str,
+        value: i64,
+    },
+    #[error("task definition {family}: container {container}: {what} {value} is negative")]
+    Negative {
+        family: String,
+        container: String,
+        what: &'static str,
+        value: i64,
+    },
+    #[error("task definition without a family")]
+    NoFamily,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NetworkMode {
+    /// ECS's default on Linux when the task definition sets none.
+    #[default]
+    Bridge,
+    Host,
+    Awsvpc,
+    None,
+}
+
+impl NetworkMode {
+    /// From the API's string; unknown modes (e.g. Windows `nat`) behave like bridge: only explicit
+    /// host ports are static.
+    pub fn parse(s: Option<&str>) -> NetworkMode {
+        match s.map(str::to_ascii_lowercase).as_deref() {
+            Some("host") => NetworkMode::Host,
+            Some("awsvpc") => NetworkMode::Awsvpc,
+            Some("none") => NetworkMode::None,
+            _ => NetworkMode::Bridge,
+        }
+    }
+}
+
+/// One port mapping as a task definition states it (values as the API gives them, unchecked).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PortMapping {
+    pub container_port: Option<i64>,
+    pub host_port: Option<i64>,
+    pub udp: bool,
+}
+
+/// What one container definition asks for (values as the API gives them, unchecked).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ContainerNeeds {
+    pub name: String,
+    pub cpu_units: i64,
+    pub memory_hard_mib: Option<i64>,
+    pub memory_soft_mib: Option<i64>,
+    pub port_mappings: Vec<PortMapping>,
+}
+
+/// Task-level cpu: CPU units ("1024") or vCPUs ("1 vCPU", "0.25 vcpu").
+pub fn parse_task_cpu(s: &str) -> Option<u64> {
+    parse_with_unit(s, &["vcpu"], 1024.0)
+}
+
+/// Task-level memory: MiB ("2048") or GB ("2 GB", "0.5GB").
+pub fn parse_task_memory(s: &str) -> Option<u64> {
+    parse_with_unit(s, &["gb", "gib"], 1024.0)
+}
+
+fn parse_with_unit(s: &str, units: &[&str], factor: f64) -> Option<u64> {
+    let t = s.trim().to_ascii_lowercase();
+    for unit in units {
+        if let Some(n) = t.strip_suffix(unit) {
+            let v: f64 = n.trim().parse().ok()?;
+            if !(v.is_finite() && v >= 0.0) {
+                return None;
+            }
+            return Some((v * factor).round() as u64);
+        }
+    }
+    t.parse().ok()
+}
+
+fn port(family: &str, container: &str, what: &'static str, v: i64) -> Result<u16, ShapeError> {
+    u16::try_from(v).map_err(|_| ShapeError::Port {
+        family: family.into(),
+        container: container.into(),
+        what,
+        value: v,
+    })
+}
+
+fn non_negative(
+    family: &str,
+    container: &str,
+    what: &'static str,
+    v: i64,
+) -> Result<u64, ShapeError> {
+    u64::try_from(v).map_err(|_| ShapeError::Negative {
+        family: family.into(),
+        container: container.into(),
+        what,
+        value: v,
+    })
+}
+
+impl TaskShape {
+    /// A shape from a task definition's parts. `name` is the family.
+    pub fn from_definition(
+        name: &str,
+        network_mode: NetworkMode,
+        task_cpu: Option<&str>,
+        task_memory: Option<&str>,
+        containers: &[ContainerNeeds],
+    ) -> Result<TaskShape, ShapeError> {
+        let mut cpu_sum = 0u64;
+        let mut memory_sum = 0u64;
+        let mut tcp_ports = BTreeSet::new();
+        let mut udp_ports = BTreeSet::new();
+        for c in containers {
+            cpu_sum += non_negative(name, &c.name, "cpu", c.cpu_units)?;
+            let memory = c.memory_hard_mib.or(c.memory_soft_mib).unwrap_or(0);
+            memory_sum += non_negative(name, &c.name, "memory", memory)?;
+            if network_mode == NetworkMode::Awsvpc {
+                continue;
+            }
+            for m in &c.port_mappings {
+                let host_port = match network_mode {
+                    NetworkMode::Host => m.host_port.filter(|&p| p != 0).or(m.container_port),
+                    _ => m.host_port,
+                };
+                let Some(p) = host_port.filter(|&p| p != 0) else {
+                    continue; // dynamic host port: no static port taken
+                };
+                let p = port(name, &c.name, "hostPort", p)?;
+                if m.udp {
+                    udp_ports.insert(p);
+                } else {
+                    tcp_ports.insert(p);
+                }
+            }
+        }
+        let cpu_units = match task_cpu.filter(|s| !s.trim().is_empty()) {
+            Some(s) => parse_task_cpu(s).ok_or_else(|| ShapeError::Cpu {
+                family: name.into(),
+                value: s.into(),
+            })?,
+            None => cpu_sum,
+        };
+        let memory_mib = match task_memory.filter(|s| !s.trim().is_empty()) {
+            Some(s) => parse_task_memory(s).ok_or_else(|| ShapeError::Memory {
+                family: name.into(),
+                value: s.into(),
+            })?,
+            None => memory_sum,
+        };
+        Ok(TaskShape {
+            name: name.into(),
+            cpu_units,
+            memory_mib,
+            tcp_ports,
+            udp_ports,
+            awsvpc: network_mode == NetworkMode::Awsvpc,
+        })
+    }
+}
+
+impl TryFrom<&aws_sdk_ecs::types::TaskDefinition> for TaskShape {
+    type Error = ShapeError;
+
+    fn try_from(td: &aws_sdk_ecs::types::TaskDefinition) -> Result<TaskShape, ShapeError> {
+        let family = td.family().ok_or(ShapeError::NoFamily)?;
+        let containers: Vec<ContainerNeeds> = td
+            .container_definitions()
+            .iter()
+            .map(|c| ContainerNeeds {
+                name: c.name().unwrap_or("?").to_string(),
+                cpu_units: c.cpu().into(),
+                memory_hard_mib: c.memory().map(i64::from),
+                memory_soft_mib: c.memory_reservation().map(i64::from),
+                port_mappings: c
+                    .port_mappings()
+                    .iter()
+                    .map(|m| PortMapping {
+                        container_port: m.container_port().map(i64::from),
+                        host_port: m.host_port().map(i64::from),
+                        udp: m.protocol() == Some(&aws_sdk_ecs::types::TransportProtocol::Udp),
+                    })
+                    .collect(),
+            })
+            .collect();
+        TaskShape::from_definition(
+            family,
+            NetworkMode::parse(td.network_mode().map(|m| m.as_str())),
+            td.cpu(),
+            td.memory(),
+            &containers,
+        )
+    }
+}
+
+impl From<&TaskShapeConfig> for TaskShape {
+    /// Configured shapes are taken as written: the operator states the static ports and the ENI.
+    fn from(c: &TaskShapeConfig) -> TaskShape {
+        TaskShape {
+            name: c.name.clone(),
+            cpu_units: c.cpu_units,
+            memory_mib: c.memory_mib,
+            tcp_ports: c.ports.iter().copied().collect(),
+            udp_ports: c.ports_udp.iter().copied().collect(),
+            awsvpc: c.awsvpc,
+        }
+    }
+}
