@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_config::SdkConfig;
 use aws_sdk_cloudwatch::Client;
+use aws_sdk_cloudwatch::config::ProvideCredentials as _;
 use aws_sdk_cloudwatch::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 use aws_smithy_runtime_api::client::interceptors::context::InterceptorContext;
@@ -61,7 +62,10 @@ impl Period {
     /// The period containing `t`.
     pub fn containing(t: SystemTime, length: Duration) -> Period {
         let length_secs = length.as_secs().max(1);
-        let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let secs = t
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         Period {
             index: secs / length_secs,
             length_secs,
@@ -160,9 +164,7 @@ pub fn estimated_size(d: &MetricDatum) -> usize {
     let dims: usize = d
         .dimensions()
         .iter()
-        .map(|x| {
-            x.name().map_or(0, str::len) + x.value().map_or(0, str::len) + 24
-        })
+        .map(|x| x.name().map_or(0, str::len) + x.value().map_or(0, str::len) + 24)
         .sum();
     d.metric_name().map_or(0, str::len) + dims + 128
 }
@@ -217,8 +219,14 @@ impl Failure {
 fn is_throttling(code: Option<&str>) -> bool {
     matches!(
         code,
-        Some("Throttling" | "ThrottlingException" | "ThrottledException" | "RequestLimitExceeded"
-            | "LimitExceeded" | "TooManyRequestsException")
+        Some(
+            "Throttling"
+                | "ThrottlingException"
+                | "ThrottledException"
+                | "RequestLimitExceeded"
+                | "LimitExceeded"
+                | "TooManyRequestsException"
+        )
     )
 }
 
@@ -382,9 +390,13 @@ pub async fn start(sdk: &SdkConfig, cfg: &Config, health: Arc<Health>) -> Result
                     "CloudWatch in region {region:?} cannot be reached: {detail}. Is the region right (AWS_REGION), and is there a route to the endpoint?"
                 )
             } else if matches!(e, SdkError::ConstructionFailure(_)) {
-                format!("CloudWatch request for region {region:?} cannot be built (bad region?): {detail}")
+                format!(
+                    "CloudWatch request for region {region:?} cannot be built (bad region?): {detail}"
+                )
             } else {
-                format!("CloudWatch startup check (PutMetricData in {namespace:?}, region {region}) failed: {detail}")
+                format!(
+                    "CloudWatch startup check (PutMetricData in {namespace:?}, region {region}) failed: {detail}"
+                )
             };
             return Err(Error::Unavailable(msg));
         }
@@ -595,7 +607,8 @@ fn take_request(buffer: &VecDeque<Pending>) -> (usize, Vec<MetricDatum>) {
 
 /// Time from now until `t` (zero when past).
 fn until(t: SystemTime) -> Duration {
-    t.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
+    t.duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO)
 }
 
 #[cfg(test)]

@@ -224,7 +224,10 @@ impl HostFigures {
             idle_fraction_by_resource.insert(key, idle);
         }
         let (spare_tasks, idle_fraction) = if facts.draining {
-            (report.spare_tasks.map(|_| 0), report.idle_fraction.map(|_| 0.0))
+            (
+                report.spare_tasks.map(|_| 0),
+                report.idle_fraction.map(|_| 0.0),
+            )
         } else {
             (report.spare_tasks, report.idle_fraction)
         };

@@ -79,7 +79,11 @@ fn each_figure_maps_to_its_metric_once_per_dimension_set() {
         ("Hosts", 1.0),
     ];
     for (metric, value) in table {
-        assert_eq!(find(&d, metric, "ClusterName=prod"), vec![*value], "{metric}");
+        assert_eq!(
+            find(&d, metric, "ClusterName=prod"),
+            vec![*value],
+            "{metric}"
+        );
         assert_eq!(
             find(&d, metric, "ClusterName=prod,InstanceId=i-0abc"),
             vec![*value],
@@ -96,7 +100,12 @@ fn unknown_figures_are_left_out_never_sent_as_zero() {
     f.eni_attached = None;
     let d = datums(&f, &cfg(false));
     let names: Vec<_> = flat(&d).into_iter().map(|(m, _, _)| m).collect();
-    for gone in ["ContainerCapacity", "IdleHostCapacity", "ENIsAttached", "MemoryUtilization"] {
+    for gone in [
+        "ContainerCapacity",
+        "IdleHostCapacity",
+        "ENIsAttached",
+        "MemoryUtilization",
+    ] {
         assert!(!names.iter().any(|n| n == gone), "{gone} published");
     }
     assert!(names.iter().any(|n| n == "ENILimit"));
@@ -106,7 +115,11 @@ fn unknown_figures_are_left_out_never_sent_as_zero() {
 fn per_resource_figures_carry_a_resource_dimension() {
     let d = datums(&figures(), &cfg(false));
     assert_eq!(
-        find(&d, "ContainerCapacityByResource", "ClusterName=prod,Resource=memory"),
+        find(
+            &d,
+            "ContainerCapacityByResource",
+            "ClusterName=prod,Resource=memory"
+        ),
         vec![7.0]
     );
     assert_eq!(
@@ -119,7 +132,12 @@ fn per_resource_figures_carry_a_resource_dimension() {
     );
     // Resources that do not constrain this host (ports, eni here) are absent.
     assert!(
-        find(&d, "ContainerCapacityByResource", "ClusterName=prod,Resource=eni").is_empty()
+        find(
+            &d,
+            "ContainerCapacityByResource",
+            "ClusterName=prod,Resource=eni"
+        )
+        .is_empty()
     );
 }
 
@@ -127,15 +145,27 @@ fn per_resource_figures_carry_a_resource_dimension() {
 fn asg_dimension_only_when_enabled_and_known() {
     let with = datums(&figures(), &cfg(true));
     assert_eq!(
-        find(&with, "ContainerCapacity", "ClusterName=prod,AutoScalingGroupName=prod-asg"),
+        find(
+            &with,
+            "ContainerCapacity",
+            "ClusterName=prod,AutoScalingGroupName=prod-asg"
+        ),
         vec![3.0]
     );
     let without = datums(&figures(), &cfg(false));
-    assert!(flat(&without).iter().all(|(_, d, _)| !d.contains("AutoScalingGroupName")));
+    assert!(
+        flat(&without)
+            .iter()
+            .all(|(_, d, _)| !d.contains("AutoScalingGroupName"))
+    );
     let mut unknown = figures();
     unknown.autoscaling_group = None;
     let d = datums(&unknown, &cfg(true));
-    assert!(flat(&d).iter().all(|(_, d, _)| !d.contains("AutoScalingGroupName")));
+    assert!(
+        flat(&d)
+            .iter()
+            .all(|(_, d, _)| !d.contains("AutoScalingGroupName"))
+    );
     assert_eq!(d.len() * 3, with.len() * 2);
 }
 
@@ -159,7 +189,10 @@ fn timestamps_are_the_minute_and_units_are_standard() {
 fn draining_is_one_and_zero() {
     let mut f = figures();
     f.draining = true;
-    assert_eq!(find(&datums(&f, &cfg(false)), "Draining", "ClusterName=prod"), vec![1.0]);
+    assert_eq!(
+        find(&datums(&f, &cfg(false)), "Draining", "ClusterName=prod"),
+        vec![1.0]
+    );
 }
 
 #[test]
@@ -170,7 +203,10 @@ fn short_periods_are_high_resolution_and_aligned() {
     assert_eq!(p.next().start(), at(1_767_225_645));
     let d = period_datums(&figures(), &cfg(false), p);
     assert!(d.iter().all(|x| x.storage_resolution() == Some(1)));
-    assert!(d.iter().all(|x| x.timestamp() == Some(&DateTime::from(at(1_767_225_640)))));
+    assert!(
+        d.iter()
+            .all(|x| x.timestamp() == Some(&DateTime::from(at(1_767_225_640))))
+    );
 }
 
 #[test]
@@ -191,17 +227,22 @@ fn batches_split_only_past_a_thousand_datums() {
     let d = datums(&figures(), &cfg(false));
     let many: Vec<_> = d.iter().cycle().take(2500).cloned().collect();
     let b = batches(many);
-    assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), vec![1000, 1000, 500]);
+    assert_eq!(
+        b.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![1000, 1000, 500]
+    );
     let few: Vec<_> = d.iter().cycle().take(1000).cloned().collect();
     assert_eq!(batches(few).len(), 1);
 }
 
 #[test]
 fn batches_split_past_a_megabyte() {
-    let long = "x".repeat(250);
+    // Dimension values may be 1,024 characters long.
+    let long = "x".repeat(1024);
     let d = MetricDatum::builder()
-        .metric_name(&long)
-        .dimensions(Dimension::builder().name(&long).value(&long).build())
+        .metric_name("M")
+        .dimensions(Dimension::builder().name("A").value(&long).build())
+        .dimensions(Dimension::builder().name("B").value(&long).build())
         .value(1.0)
         .build();
     let size = estimated_size(&d);
@@ -209,7 +250,10 @@ fn batches_split_past_a_megabyte() {
     assert!(per_request < MAX_DATUMS_PER_REQUEST);
     let b = batches(vec![d; 1000]);
     assert!(b.len() >= 2);
-    assert!(b.iter().all(|r| r.iter().map(estimated_size).sum::<usize>() < MAX_REQUEST_BYTES));
+    assert!(
+        b.iter()
+            .all(|r| r.iter().map(estimated_size).sum::<usize>() < MAX_REQUEST_BYTES)
+    );
     assert_eq!(b.iter().map(Vec::len).sum::<usize>(), 1000);
 }
 
@@ -254,7 +298,13 @@ async fn a_full_buffer_drops_the_oldest_period_and_counts_it() {
     let mut p = publisher(2);
     let f = figures();
     for i in 0..3 {
-        p.claim(Period { index: i, length_secs: 60 }, Some(&f));
+        p.claim(
+            Period {
+                index: i,
+                length_secs: 60,
+            },
+            Some(&f),
+        );
     }
     let kept: Vec<_> = p.buffer.iter().map(|x| x.period.index).collect();
     assert_eq!(kept, vec![1, 2]);
@@ -264,7 +314,13 @@ async fn a_full_buffer_drops_the_oldest_period_and_counts_it() {
 #[tokio::test]
 async fn no_observation_means_no_period() {
     let mut p = publisher(2);
-    p.claim(Period { index: 1, length_secs: 60 }, None);
+    p.claim(
+        Period {
+            index: 1,
+            length_secs: 60,
+        },
+        None,
+    );
     assert_eq!(p.buffered_periods(), 0);
     assert_eq!(p.claimed, None);
 }
@@ -278,15 +334,39 @@ async fn unsent_periods_stay_ambiguous_and_rejected_ones_go() {
         (Failure::Rejected, 0),
     ] {
         let mut p = publisher(5);
-        p.claim(Period { index: 1, length_secs: 60 }, Some(&f));
-        p.claim(Period { index: 2, length_secs: 60 }, Some(&f));
+        p.claim(
+            Period {
+                index: 1,
+                length_secs: 60,
+            },
+            Some(&f),
+        );
+        p.claim(
+            Period {
+                index: 2,
+                length_secs: 60,
+            },
+            Some(&f),
+        );
         assert!(!p.settle(2, Err(failure)));
         assert_eq!(p.buffered_periods(), left, "{failure:?}");
         assert_eq!(p.health.errors().get(failure.health_kind()), Some(&1));
     }
     let mut p = publisher(5);
-    p.claim(Period { index: 1, length_secs: 60 }, Some(&f));
-    p.claim(Period { index: 2, length_secs: 60 }, Some(&f));
+    p.claim(
+        Period {
+            index: 1,
+            length_secs: 60,
+        },
+        Some(&f),
+    );
+    p.claim(
+        Period {
+            index: 2,
+            length_secs: 60,
+        },
+        Some(&f),
+    );
     assert!(p.settle(1, Ok(())), "the backlog goes out at once");
     assert!(!p.settle(1, Ok(())));
     assert_eq!(p.buffered_periods(), 0);
