@@ -51,8 +51,76 @@ pub enum Command {
         #[arg(value_name = "FILE", env = "ECS_CAPACITY_AGENT_CONFIG")]
         file: Option<PathBuf>,
     },
+    /// Capacity of a whole cluster with a per-host breakdown: live from ECS/EC2 with --cluster, or
+    /// offline from the AWS CLI's own JSON output ("what if" with data you already have). Only ACTIVE
+    /// container instances count.
+    Cluster(ClusterArgs),
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    /// Read the cluster live from ECS and EC2 (credentials and region from the standard AWS chain).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["container_instances", "task_definitions", "instance_types", "tasks"])]
+    pub cluster: Option<String>,
+    /// With --cluster: plan for these task definition families (latest ACTIVE revision) instead of
+    /// the task definitions of the cluster's services. Repeatable.
+    #[arg(
+        long = "task-definition-family",
+        value_name = "FAMILY",
+        requires = "cluster"
+    )]
+    pub families: Vec<String>,
+    /// Output of `aws ecs describe-container-instances`.
+    #[arg(long, value_name = "FILE", required_unless_present = "cluster")]
+    pub container_instances: Option<PathBuf>,
+    /// Output of `aws ecs describe-task-definition`: a task shape to plan for. Repeatable.
+    #[arg(long = "task-definition", value_name = "FILE")]
+    pub task_definitions: Vec<PathBuf>,
+    /// Output of `aws ec2 describe-instance-types`, for ENI limits.
+    #[arg(long, value_name = "FILE")]
+    pub instance_types: Option<PathBuf>,
+    /// Output of `aws ecs describe-tasks`, to count the ENIs awsvpc tasks hold per instance.
+    #[arg(long, value_name = "FILE")]
+    pub tasks: Option<PathBuf>,
+    /// Scale out when ContainerCapacity is below this.
+    #[arg(long, value_name = "N", default_value_t = 1.0)]
+    pub scale_out_threshold: f64,
+    #[arg(long, short, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+fn cluster(args: ClusterArgs) -> Result<(), Error> {
+    if !(args.scale_out_threshold.is_finite() && args.scale_out_threshold > 0.0) {
+        return Err(Error::Input(format!(
+            "--scale-out-threshold {} must be a positive number",
+            args.scale_out_threshold
+        )));
+    }
+    let inputs = match (&args.cluster, &args.container_instances) {
+        (Some(name), _) => runtime()?.block_on(async {
+            let sdk = crate::aws::sdk_config().await;
+            crate::cluster::live::fetch(&sdk, name, &args.families).await
+        })?,
+        (None, Some(file)) => crate::cluster::files::load(&crate::cluster::files::Paths {
+            container_instances: file,
+            task_definitions: &args.task_definitions,
+            instance_types: args.instance_types.as_deref(),
+            tasks: args.tasks.as_deref(),
+        })?,
+        (None, None) => {
+            return Err(Error::Input(
+                "give --cluster NAME or --container-instances FILE".into(),
+            ));
+        }
+    };
+    let out = crate::cluster::calculate(&inputs, args.scale_out_threshold);
+    match args.output {
+        Output::Table => print!("{}", out.to_table()),
+        Output::Json => println!("{}", out.to_json()),
+    }
+    Ok(())
 }
 
 /// Loads and validates the configuration; the only place commands get one.
@@ -91,6 +159,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             crate::logging::init(&loaded.config.log);
             runtime()?.block_on(crate::daemon::run(loaded, crate::daemon::shutdown_signal()))
         }
+        Command::Cluster(args) => cluster(args),
         Command::Status { config, output } => {
             let loaded = load_config(config.as_deref())?;
             crate::logging::init(&loaded.config.log);

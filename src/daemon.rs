@@ -1,9 +1,8 @@
 //! The daemon: wires the observers, the sinks and the notice watchers together, and ends them all on
 //! one cancellation token.
 
-use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -11,7 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Loaded, SinkKind, Toggle};
 use crate::error::Error;
-use crate::host::{self, Snapshot};
+use crate::host::{self, Observer, Snapshot};
 use crate::metrics::{self, Health};
 use crate::report::Report;
 
@@ -85,16 +84,10 @@ async fn probe_imds(endpoint: &str, timeout: Duration) -> bool {
         .unwrap_or(false)
 }
 
-/// One observation of the host. A source that cannot be read is recorded in `unavailable`; only a
-/// failure to read what the host registers (without which there is no capacity at all) is an error.
+/// One observation of the host (for `status`). A source that cannot be read is recorded in
+/// `unavailable`; only a failure to read what the host registers is an error.
 pub async fn observe(cfg: &Config) -> Result<Snapshot, Error> {
-    let registered = host::registered::read(&cfg.host, Path::new("/proc/meminfo"))
-        .map_err(|e| Error::Unavailable(format!("host resources: {e}")))?;
-    Ok(Snapshot {
-        taken_at: SystemTime::now(),
-        registered,
-        unavailable: Vec::new(),
-    })
+    host::observe_once(cfg).await
 }
 
 pub async fn observe_once(cfg: &Config) -> Result<Report, Error> {
@@ -129,8 +122,10 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
         tracker.spawn(serving);
     }
 
+    let observer = Observer::start(cfg.clone(), token.clone(), &tracker).await;
     tracker.spawn(observe_loop(
         cfg.clone(),
+        observer,
         health.clone(),
         report_tx,
         token.clone(),
@@ -147,6 +142,7 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
 
 async fn observe_loop(
     cfg: Arc<Config>,
+    observer: Observer,
     health: Arc<Health>,
     report_tx: watch::Sender<Option<Arc<Report>>>,
     token: CancellationToken,
@@ -159,8 +155,9 @@ async fn observe_loop(
             _ = token.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        match observe_once(&cfg).await {
-            Ok(report) => {
+        match observer.snapshot().await {
+            Ok(snapshot) => {
+                let report = Report { snapshot };
                 health.observed();
                 if stdout {
                     print_report(&report);

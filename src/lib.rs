@@ -4,8 +4,12 @@
 pub mod aws;
 pub mod capacity;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
+pub mod docker;
+pub mod ecs_agent;
+pub mod eni;
 pub mod error;
 pub mod host;
 pub mod logging;

@@ -19,30 +19,147 @@ impl Report {
     pub fn to_table(&self) -> String {
         let s = &self.snapshot;
         let mut out = String::new();
-        let _ = writeln!(out, "observed at {}", rfc3339::format(s.taken_at));
-        let _ = writeln!(out, "{:<12} {:>12}", "resource", "registered");
-        let _ = writeln!(out, "{:<12} {:>12}", "cpu units", s.registered.cpu_units);
-        let _ = writeln!(out, "{:<12} {:>12}", "memory MiB", s.registered.memory_mib);
         let ports = |set: &std::collections::BTreeSet<u16>| {
-            set.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
+            if set.is_empty() {
+                "-".to_string()
+            } else {
+                set.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
+            }
         };
+        let opt = |v: Option<u32>| v.map_or("?".to_string(), |n| n.to_string());
+        let _ = writeln!(out, "observed at {}", rfc3339::format(s.taken_at));
+        let ecs = &s.ecs;
         let _ = writeln!(
             out,
-            "{:<12} {:>12}",
-            "tcp ports",
-            ports(&s.registered.reserved_tcp_ports)
+            "cluster {}  container instance {}  instance {}",
+            ecs.cluster.as_deref().unwrap_or("?"),
+            ecs.container_instance_arn.as_deref().unwrap_or("?"),
+            ecs.instance_id.as_deref().unwrap_or("?"),
         );
         let _ = writeln!(
             out,
-            "{:<12} {:>12}",
-            "udp ports",
-            ports(&s.registered.reserved_udp_ports)
+            "\n{:<12} {:>12} {:>12} {:>12}",
+            "resource", "registered", "reserved", "remaining"
         );
+        let _ = writeln!(
+            out,
+            "{:<12} {:>12} {:>12} {:>12}",
+            "cpu units",
+            s.registered.cpu_units,
+            s.reserved.cpu_units,
+            s.remaining_cpu_units()
+        );
+        let _ = writeln!(
+            out,
+            "{:<12} {:>12} {:>12} {:>12}",
+            "memory MiB",
+            s.registered.memory_mib,
+            s.reserved.memory_mib,
+            s.remaining_memory_mib()
+        );
+        let eni_remaining = s.eni.slots.map(|n| n.saturating_sub(s.eni.used));
+        let _ = writeln!(
+            out,
+            "{:<12} {:>12} {:>12} {:>12}",
+            "eni slots",
+            opt(s.eni.slots),
+            s.eni.used,
+            opt(eni_remaining)
+        );
+        let _ = writeln!(
+            out,
+            "tcp ports    agent {}  tasks {}",
+            ports(&s.registered.reserved_tcp_ports),
+            ports(&s.reserved.tcp_ports)
+        );
+        let _ = writeln!(
+            out,
+            "udp ports    agent {}  tasks {}",
+            ports(&s.registered.reserved_udp_ports),
+            ports(&s.reserved.udp_ports)
+        );
+        let _ = writeln!(
+            out,
+            "enis         attached {}  limit {}  trunk {}{}",
+            opt(s.eni.attached),
+            opt(s.eni.limit),
+            if s.eni.trunk { "yes" } else { "no" },
+            s.eni
+                .note
+                .as_deref()
+                .map(|n| format!("  ({n})"))
+                .unwrap_or_default()
+        );
+        if let Some(u) = &s.usage {
+            let _ = writeln!(
+                out,
+                "usage        cpu {} cores  memory {}  working set {}",
+                fmt_cores(u.cpu_cores),
+                fmt_mib(u.memory_bytes),
+                fmt_mib(u.working_set_bytes)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n{} task(s)\n{:<28} {:<8} {:>6} {:>8} {:<14} {:>7} {:>9} {:<10}",
+            s.tasks.len(),
+            "task",
+            "network",
+            "cpu",
+            "mem MiB",
+            "ports",
+            "cores",
+            "mem used",
+            "status"
+        );
+        for t in &s.tasks {
+            let mut p = t
+                .tcp_ports
+                .iter()
+                .map(|p| format!("{p}/tcp"))
+                .collect::<Vec<_>>();
+            p.extend(t.udp_ports.iter().map(|p| format!("{p}/udp")));
+            let name = format!("{}:{} {}", t.family, t.revision, short(t.id()));
+            let _ = writeln!(
+                out,
+                "{:<28} {:<8} {:>6} {:>8} {:<14} {:>7} {:>9} {:<10}",
+                name,
+                t.network_mode.to_string(),
+                t.cpu_units,
+                t.memory_mib,
+                if p.is_empty() {
+                    "-".into()
+                } else {
+                    p.join(",")
+                },
+                fmt_cores(t.usage.as_ref().and_then(|u| u.cpu_cores)),
+                fmt_mib(t.usage.as_ref().and_then(|u| u.memory_bytes)),
+                t.known_status.as_deref().unwrap_or("?"),
+            );
+        }
+        if !s.others.is_empty() {
+            let _ = writeln!(out, "\nnot ECS tasks (not counted):");
+            for o in &s.others {
+                let _ = writeln!(out, "  {} ({})", o.name, short(&o.id));
+            }
+        }
         for u in &s.unavailable {
             let _ = writeln!(out, "unavailable: {u}");
         }
         out
     }
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+fn fmt_cores(v: Option<f64>) -> String {
+    v.map_or("-".into(), |c| format!("{c:.2}"))
+}
+
+fn fmt_mib(v: Option<u64>) -> String {
+    v.map_or("-".into(), |b| format!("{:.1}M", b as f64 / 1048576.0))
 }
 
 /// RFC 3339 UTC timestamps for `SystemTime`.

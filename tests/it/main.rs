@@ -2,5 +2,7 @@
 
 mod support;
 
+mod cluster;
 mod foundation;
+mod host;
 mod metrics;

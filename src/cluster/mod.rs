@@ -1,0 +1,294 @@
+//! `ecs-capacity-agent cluster`: the capacity model over a whole cluster, fed either with the AWS
+//! CLI's own JSON output (offline "what if" with data the operator already has) or live from ECS/EC2.
+//!
+//! Both sources produce the same plain [`Inputs`]; [`hosts`] turns them into capacity host inputs
+//! (only ACTIVE instances count) and [`Output`] renders the report as a table or one JSON object.
+//!
+//! Decisions where issue 4 is silent:
+//! - Taken ports are the union of `registeredResources` PORTS (the agent's reserved set) and
+//!   `remainingResources` PORTS (which ECS fills with every port taken, reserved ones included).
+//! - ENI slots = the instance type's `MaximumNetworkInterfaces` − 1 (the primary). With awsvpc
+//!   trunking on (attribute `ecs.awsvpc-trunk-id`) the branch limit is not in DescribeInstanceTypes,
+//!   so the ENI picture is unknown and does not constrain (a note says so).
+//! - ENIs in use = tasks with an `ElasticNetworkInterface` attachment not yet DELETED, per instance.
+//!   Without `--tasks` that count is known only for an instance running and pending nothing (0);
+//!   otherwise that instance's ENI picture is unknown.
+
+pub mod files;
+pub mod live;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::capacity::{self, HostInput, Quantity, Report, TaskShape};
+
+/// The ECS status of a container instance that counts.
+pub const ACTIVE: &str = "ACTIVE";
+/// The attribute ECS sets on an instance with awsvpc trunking on.
+pub const TRUNK_ATTRIBUTE: &str = "ecs.awsvpc-trunk-id";
+pub const INSTANCE_TYPE_ATTRIBUTE: &str = "ecs.instance-type";
+
+/// One container instance as DescribeContainerInstances reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Instance {
+    pub arn: String,
+    /// EC2 instance id; `None` for external instances.
+    pub ec2_instance_id: Option<String>,
+    pub status: String,
+    pub instance_type: Option<String>,
+    pub cpu_units: Quantity,
+    pub memory_mib: Quantity,
+    pub taken_tcp_ports: BTreeSet<u16>,
+    pub taken_udp_ports: BTreeSet<u16>,
+    pub running_tasks: u64,
+    pub pending_tasks: u64,
+    pub trunk: bool,
+}
+
+impl Instance {
+    /// The EC2 instance id, else the last part of the ARN.
+    pub fn name(&self) -> String {
+        self.ec2_instance_id
+            .clone()
+            .unwrap_or_else(|| self.arn.rsplit('/').next().unwrap_or(&self.arn).to_string())
+    }
+}
+
+/// Everything the calculator needs, from files or from AWS.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub instances: Vec<Instance>,
+    pub shapes: Vec<TaskShape>,
+    /// Instance type → MaximumNetworkInterfaces; `None` when not asked for.
+    pub eni_limits: Option<BTreeMap<String, u32>>,
+    /// Container instance ARN → ENIs used by its awsvpc tasks; `None` when the tasks are unknown.
+    pub awsvpc_tasks: Option<BTreeMap<String, u32>>,
+}
+
+/// An instance left out of the figures, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Excluded {
+    pub name: String,
+    pub status: String,
+}
+
+/// Capacity host inputs for the ACTIVE instances, the instances left out, and notes on what could
+/// not be judged.
+pub fn hosts(inputs: &Inputs) -> (Vec<HostInput>, Vec<Excluded>, Vec<String>) {
+    let mut hosts = Vec::new();
+    let mut excluded = Vec::new();
+    let mut notes = Vec::new();
+    let needs_eni = inputs.shapes.iter().any(|s| s.awsvpc);
+    let mut no_limit_types = BTreeSet::new();
+    for i in &inputs.instances {
+        let name = i.name();
+        if !i.status.eq_ignore_ascii_case(ACTIVE) {
+            excluded.push(Excluded {
+                name,
+                status: i.status.clone(),
+            });
+            continue;
+        }
+        let eni = eni_slots(i, inputs, needs_eni, &mut notes, &mut no_limit_types);
+        hosts.push(HostInput {
+            name,
+            cpu_units: i.cpu_units,
+            memory_mib: i.memory_mib,
+            taken_tcp_ports: i.taken_tcp_ports.clone(),
+            taken_udp_ports: i.taken_udp_ports.clone(),
+            eni,
+        });
+    }
+    if needs_eni && inputs.eni_limits.is_none() {
+        notes.push(
+            "ENI limits unknown (no --instance-types): ENIs do not constrain awsvpc tasks".into(),
+        );
+    }
+    if !no_limit_types.is_empty() {
+        notes.push(format!(
+            "no ENI limit for instance type(s) {}: ENIs do not constrain there",
+            no_limit_types.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    (hosts, excluded, notes)
+}
+
+fn eni_slots(
+    i: &Instance,
+    inputs: &Inputs,
+    needs_eni: bool,
+    notes: &mut Vec<String>,
+    no_limit_types: &mut BTreeSet<String>,
+) -> Option<Quantity> {
+    let limits = inputs.eni_limits.as_ref()?;
+    if i.trunk {
+        if needs_eni {
+            notes.push(format!(
+                "{}: awsvpc trunking is on and its branch ENI limit is not published by DescribeInstanceTypes: ENIs do not constrain it",
+                i.name()
+            ));
+        }
+        return None;
+    }
+    let Some(limit) = i.instance_type.as_ref().and_then(|t| limits.get(t)) else {
+        no_limit_types.insert(i.instance_type.clone().unwrap_or_else(|| "(none)".into()));
+        return None;
+    };
+    // The primary interface is the host's own.
+    let slots = u64::from(limit.saturating_sub(1));
+    let used = match &inputs.awsvpc_tasks {
+        Some(by_arn) => u64::from(by_arn.get(&i.arn).copied().unwrap_or(0)),
+        None if i.running_tasks == 0 && i.pending_tasks == 0 => 0,
+        None => {
+            if needs_eni {
+                notes.push(format!(
+                    "{}: runs tasks and no --tasks file tells which use an ENI: ENIs do not constrain it",
+                    i.name()
+                ));
+            }
+            return None;
+        }
+    };
+    Some(Quantity::new(slots, used))
+}
+
+/// The `cluster` command's result: the capacity report plus what was left out and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Output {
+    #[serde(flatten)]
+    pub report: Report,
+    /// Instances present but not counted (not ACTIVE).
+    pub excluded: Vec<Excluded>,
+    pub notes: Vec<String>,
+}
+
+/// The whole calculation over `inputs`.
+pub fn calculate(inputs: &Inputs, scale_out_threshold: f64) -> Output {
+    let (hosts, excluded, notes) = hosts(inputs);
+    Output {
+        report: capacity::compute(&hosts, &inputs.shapes, scale_out_threshold),
+        excluded,
+        notes,
+    }
+}
+
+impl Output {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    pub fn to_table(&self) -> String {
+        let r = &self.report;
+        let mut out = String::new();
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        let _ = writeln!(
+            out,
+            "{} ACTIVE container instance(s) counted, {} excluded",
+            r.hosts.len(),
+            self.excluded.len()
+        );
+        if let Some(l) = &r.largest_task {
+            let _ = writeln!(out, "largest task: {}", describe_shape(l));
+        }
+        let _ = writeln!(
+            out,
+            "ContainerCapacity                {:>8}   scale out: {} (below {})",
+            r.container_capacity,
+            yes(r.scale_out),
+            r.scale_out_threshold
+        );
+        let _ = writeln!(
+            out,
+            "IdleHostCapacity                 {:>8.2}   scale in: {} (above 1.0)",
+            r.idle_host_capacity,
+            yes(r.scale_in)
+        );
+        let _ = writeln!(
+            out,
+            "IdleHostCapacity (conservative)  {:>8.2}",
+            r.idle_host_capacity_conservative
+        );
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{:<10} {:>10} {:>11}",
+            "resource", "capacity", "idle hosts"
+        );
+        for res in capacity::Resource::ALL {
+            match r.per_resource.get(res) {
+                Some(t) => {
+                    let _ = writeln!(
+                        out,
+                        "{:<10} {:>10} {:>11.2}",
+                        res.key(),
+                        t.capacity,
+                        t.idle_hosts
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "{:<10} {:>10} {:>11}", res.key(), "-", "-");
+                }
+            }
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{:<22} {:>6} {:>6} {:>16} {:>16} {:>6} {:>6} {:>8}",
+            "host", "spare", "idle", "cpu free/fits", "mem free/fits", "tcp", "udp", "eni"
+        );
+        let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        for h in &r.hosts {
+            let p = &h.per_resource;
+            let _ = writeln!(
+                out,
+                "{:<22} {:>6} {:>6} {:>16} {:>16} {:>6} {:>6} {:>8}",
+                h.name,
+                opt(h.spare_tasks),
+                h.idle_fraction.map_or("-".into(), |i| format!("{i:.2}")),
+                format!("{}/{}", p.cpu.remaining, opt(p.cpu.fits)),
+                format!("{}/{}", p.memory.remaining, opt(p.memory.fits)),
+                opt(p.ports.fits),
+                opt(p.ports_udp.fits),
+                p.eni
+                    .map_or("?".into(), |e| format!("{}/{}", e.remaining, opt(e.fits))),
+            );
+        }
+        if !r.shapes.is_empty() {
+            let _ = writeln!(out);
+            let _ = writeln!(out, "{:<30} {:>10}", "task shape", "more fit");
+            for s in &r.shapes {
+                let _ = writeln!(out, "{:<30} {:>10}", s.name, opt(s.fits));
+            }
+        }
+        for e in &self.excluded {
+            let _ = writeln!(out, "excluded: {} ({})", e.name, e.status);
+        }
+        for n in &self.notes {
+            let _ = writeln!(out, "note: {n}");
+        }
+        out
+    }
+}
+
+fn describe_shape(s: &TaskShape) -> String {
+    let mut parts = vec![
+        format!("{} CPU units", s.cpu_units),
+        format!("{} MiB", s.memory_mib),
+    ];
+    let list = |p: &BTreeSet<u16>| p.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+    if !s.tcp_ports.is_empty() {
+        parts.push(format!("tcp {}", list(&s.tcp_ports)));
+    }
+    if !s.udp_ports.is_empty() {
+        parts.push(format!("udp {}", list(&s.udp_ports)));
+    }
+    if s.awsvpc {
+        parts.push("1 ENI".into());
+    }
+    format!("{} ({})", s.name, parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests;
