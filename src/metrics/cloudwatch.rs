@@ -524,10 +524,11 @@ impl Publisher {
             return;
         }
         if self.buffer.len() >= self.cfg.buffer_periods {
-            self.buffer.pop_front();
+            let dropped = self.buffer.pop_front().map(|p| p.period.start());
             self.health.error("cloudwatch_dropped_period");
             tracing::warn!(
                 limit = self.cfg.buffer_periods,
+                period = ?dropped.map(crate::report::rfc3339::format),
                 "CloudWatch buffer full: dropped the oldest unsent period"
             );
         }

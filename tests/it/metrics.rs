@@ -124,7 +124,8 @@ fn dims(pairs: &[(&str, &str)]) -> Vec<Dimension> {
         .collect()
 }
 
-/// `(timestamp secs, Sum, SampleCount)` of one metric over `[from, to)` in `period`-second buckets.
+/// `(timestamp secs, Sum, SampleCount)` of one metric from `from` to `to` in `period`-second
+/// buckets. moto includes datums stamped exactly `to`, so callers pass a `to` short of the next period.
 async fn statistics(
     client: &aws_sdk_cloudwatch::Client,
     namespace: &str,
@@ -217,7 +218,7 @@ async fn several_hosts_one_period_sum_is_the_clusters_container_capacity() {
         "ContainerCapacity",
         dims(&[("ClusterName", CLUSTER)]),
         period,
-        period + 2,
+        period + 1,
         2,
     )
     .await;
@@ -233,7 +234,7 @@ async fn several_hosts_one_period_sum_is_the_clusters_container_capacity() {
             "ContainerCapacity",
             dims(&[("ClusterName", CLUSTER), ("InstanceId", &h.name)]),
             period,
-            period + 2,
+            period + 1,
             2,
         )
         .await;
@@ -250,7 +251,7 @@ async fn several_hosts_one_period_sum_is_the_clusters_container_capacity() {
         "ContainerCapacityByResource",
         dims(&[("ClusterName", CLUSTER), ("Resource", "memory")]),
         period,
-        period + 2,
+        period + 1,
         2,
     )
     .await;
@@ -323,6 +324,7 @@ async fn outage_of_three_intervals_delivers_the_buffered_periods_after() {
     let report = capacity::compute(&[host("i-0outage", 0, 0)], &[shape()], 1.0);
     let h = report.hosts[0].clone();
     let r = run_publisher(&sdk, ns, Duration::from_secs(1), figures(&h, 0));
+    let health = r.health.clone();
 
     // The observer: a new observation (running_tasks = its sequence number) every 100 ms, which
     // the publisher must never hold up, outage or not.
@@ -393,8 +395,8 @@ async fn outage_of_three_intervals_delivers_the_buffered_periods_after() {
         (first..=last).collect::<Vec<_>>(),
         "no period lost"
     );
-    assert_eq!(r.health.errors().get("cloudwatch_ambiguous"), None);
-    assert_eq!(r.health.errors().get("cloudwatch_dropped_period"), None);
+    assert_eq!(health.errors().get("cloudwatch_ambiguous"), None);
+    assert_eq!(health.errors().get("cloudwatch_dropped_period"), None);
 
     // Read back: exactly one RunningTasks sample per period, and the periods sent late carry the
     // observations made during the outage (rising sequence numbers), not one repeated value.

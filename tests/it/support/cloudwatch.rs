@@ -6,7 +6,8 @@
 //! Translation: request bodies are gzip-decoded when the SDK compressed them (it does for
 //! PutMetricData past 10 KiB), CBOR → JSON with epoch-seconds timestamps (CBOR tag 1) as JSON
 //! numbers; responses JSON → CBOR with numbers as floats (every number in the CloudWatch responses we
-//! read is a double) and the timestamp members tagged again.
+//! read is a double) and the timestamp members tagged again. Dimension matching is made exact, as in
+//! CloudWatch (see `exact_dimension_sets`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -119,7 +120,8 @@ impl CloudWatchProxy {
         self.shared.deny.store(deny, Ordering::SeqCst);
     }
 
-    /// PutMetricData requests received so far (including the startup probe).
+    /// PutMetricData requests moto accepted so far (including the startup probe). Recorded once moto
+    /// answered, so a request cut off mid-way (a publisher stopped during a send) is not counted.
     pub fn puts(&self) -> Vec<Put> {
         self.shared.puts.lock().unwrap().clone()
     }
@@ -208,21 +210,8 @@ async fn handle(
             }
         }
     };
-    let json = cbor_to_json(request);
-    if op == "PutMetricData" {
-        let data = json["MetricData"].as_array().cloned().unwrap_or_default();
-        s.puts.lock().unwrap().push(Put {
-            metrics: data
-                .iter()
-                .map(|d| d["MetricName"].as_str().unwrap_or("").to_string())
-                .collect(),
-            timestamps: data
-                .iter()
-                .filter_map(|d| d["Timestamp"].as_f64().map(|t| t as i64))
-                .collect(),
-            datums: data.len(),
-        });
-    }
+    let mut json = cbor_to_json(request);
+    exact_dimension_sets(&op, &mut json);
     if s.deny.load(Ordering::SeqCst) {
         return error(
             StatusCode::FORBIDDEN,
@@ -246,6 +235,20 @@ async fn handle(
         Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
         Err(e) => return error(StatusCode::BAD_GATEWAY, "InternalFailure", &e.to_string()),
     };
+    if op == "PutMetricData" && status == 200 {
+        let data = json["MetricData"].as_array().cloned().unwrap_or_default();
+        s.puts.lock().unwrap().push(Put {
+            metrics: data
+                .iter()
+                .map(|d| d["MetricName"].as_str().unwrap_or("").to_string())
+                .collect(),
+            timestamps: data
+                .iter()
+                .filter_map(|d| d["Timestamp"].as_f64().map(|t| t as i64))
+                .collect(),
+            datums: data.len(),
+        });
+    }
     let value: Json = if text.trim().is_empty() {
         Json::Object(Default::default())
     } else {
@@ -255,6 +258,48 @@ async fn handle(
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         &json_to_cbor(None, value),
     )
+}
+
+/// CloudWatch matches a query's dimensions to a metric's exact dimension set; moto matches any
+/// metric whose dimensions include the query's (so `{ClusterName}` would also sum the
+/// `{ClusterName, InstanceId}` datums). Tagging every datum and query with a `_DimensionSet`
+/// dimension naming its whole set makes moto's subset match an exact one.
+fn exact_dimension_sets(op: &str, json: &mut Json) {
+    fn tag(dims: &mut Json) {
+        let mut names: Vec<String> = dims
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d["Name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        let marker = serde_json::json!({ "Name": "_DimensionSet", "Value": names.join(",") });
+        match dims {
+            Json::Array(a) => a.push(marker),
+            other => *other = Json::Array(vec![marker]),
+        }
+    }
+    match op {
+        "PutMetricData" => {
+            if let Some(data) = json["MetricData"].as_array_mut() {
+                for d in data {
+                    if d.get("Dimensions").is_none() {
+                        d["Dimensions"] = Json::Array(Vec::new());
+                    }
+                    tag(&mut d["Dimensions"]);
+                }
+            }
+        }
+        "GetMetricStatistics" => {
+            if json.get("Dimensions").is_none() {
+                json["Dimensions"] = Json::Array(Vec::new());
+            }
+            tag(&mut json["Dimensions"]);
+        }
+        _ => {}
+    }
 }
 
 /// CBOR → JSON as awsJson1_0 wants it: timestamps (tag 1) as epoch seconds.
