@@ -91,9 +91,7 @@ pub async fn observe(cfg: &Config) -> Result<Snapshot, Error> {
 }
 
 pub async fn observe_once(cfg: &Config) -> Result<Report, Error> {
-    Ok(Report {
-        snapshot: observe(cfg).await?,
-    })
+    Ok(Report::assess(observe(cfg).await?, &cfg.capacity))
 }
 
 /// Runs until `shutdown` resolves, then lets in-flight work finish and returns.
@@ -134,6 +132,7 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
 
     tracing::info!(cluster = %cfg.agent.cluster, interval = ?cfg.agent.interval, "ecs-capacity-agent running");
     shutdown.await;
+    crate::systemd::notify_stopping();
     token.cancel();
     tracker.wait().await;
     tracing::info!("ecs-capacity-agent stopped");
@@ -150,15 +149,28 @@ async fn observe_loop(
     let mut ticker = tokio::time::interval(cfg.agent.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stdout = cfg.sinks.enabled.contains(&SinkKind::Stdout);
+    // systemd: WATCHDOG=1 from this loop (a wedged observation stops it), READY=1 after the first
+    // successful observation.
+    let watchdog = crate::systemd::watchdog_interval();
+    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    let mut ready = false;
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
+            _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                crate::systemd::notify_watchdog();
+                continue;
+            }
             _ = ticker.tick() => {}
         }
         match observer.snapshot().await {
             Ok(snapshot) => {
-                let report = Report { snapshot };
+                let report = Report::assess(snapshot, &cfg.capacity);
                 health.observed();
+                if !ready {
+                    crate::systemd::notify_ready();
+                    ready = true;
+                }
                 if stdout {
                     print_report(&report);
                 }

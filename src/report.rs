@@ -4,14 +4,31 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::capacity::{HostReport, TaskShape};
+use crate::config::CapacityConfig;
 use crate::host::Snapshot;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub snapshot: Snapshot,
+    /// The shapes planned for (configured, then discovered from running tasks).
+    pub shapes: Vec<TaskShape>,
+    /// This host against the largest of `shapes`.
+    pub capacity: HostReport,
 }
 
 impl Report {
+    /// Assesses a snapshot against the configured and discovered task shapes.
+    pub fn assess(snapshot: Snapshot, cfg: &CapacityConfig) -> Report {
+        let shapes = crate::assess::shapes(cfg, &snapshot);
+        let capacity = crate::assess::host_report(&snapshot, &shapes);
+        Report {
+            snapshot,
+            shapes,
+            capacity,
+        }
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }
@@ -143,10 +160,84 @@ impl Report {
                 let _ = writeln!(out, "  {} ({})", o.name, short(&o.id));
             }
         }
+        self.capacity_table(&mut out);
         for u in &s.unavailable {
             let _ = writeln!(out, "unavailable: {u}");
         }
         out
+    }
+
+    fn capacity_table(&self, out: &mut String) {
+        let c = &self.capacity;
+        let count = |v: Option<u64>| v.map_or("-".to_string(), |n| n.to_string());
+        let frac = |v: Option<f64>| v.map_or("-".to_string(), |f| format!("{f:.2}"));
+        let Some(largest) = crate::capacity::largest_task(&self.shapes) else {
+            let _ = writeln!(
+                out,
+                "\ncapacity: no task shape configured or running; set [capacity] task_shapes"
+            );
+            return;
+        };
+        let _ = writeln!(
+            out,
+            "\ncapacity against the largest task ({}: {} cpu units, {} MiB{}{}{})",
+            largest.name,
+            largest.cpu_units,
+            largest.memory_mib,
+            if largest.tcp_ports.is_empty() {
+                String::new()
+            } else {
+                format!(", tcp {:?}", largest.tcp_ports)
+            },
+            if largest.udp_ports.is_empty() {
+                String::new()
+            } else {
+                format!(", udp {:?}", largest.udp_ports)
+            },
+            if largest.awsvpc { ", awsvpc" } else { "" },
+        );
+        let _ = writeln!(
+            out,
+            "{:<12} {:>8} {:>8} {:>8}",
+            "resource", "fits", "max", "idle"
+        );
+        let p = &c.per_resource;
+        let rows = [
+            ("cpu", p.cpu.fits, p.cpu.max, p.cpu.idle),
+            ("memory", p.memory.fits, p.memory.max, p.memory.idle),
+            ("tcp ports", p.ports.fits, p.ports.max, p.ports.idle),
+            (
+                "udp ports",
+                p.ports_udp.fits,
+                p.ports_udp.max,
+                p.ports_udp.idle,
+            ),
+            (
+                "eni",
+                p.eni.and_then(|e| e.fits),
+                p.eni.and_then(|e| e.max),
+                p.eni.and_then(|e| e.idle),
+            ),
+        ];
+        for (name, fits, max, idle) in rows {
+            let _ = writeln!(
+                out,
+                "{:<12} {:>8} {:>8} {:>8}",
+                name,
+                count(fits),
+                count(max),
+                frac(idle)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "spare tasks {}  idle host fraction {}",
+            count(c.spare_tasks),
+            frac(c.idle_fraction)
+        );
+        for s in &c.shapes {
+            let _ = writeln!(out, "  {:<30} {:>6} more fit", s.name, count(s.fits));
+        }
     }
 }
 

@@ -2,7 +2,11 @@
 
 mod support;
 
+mod cgroup_real;
 mod cluster;
 mod foundation;
 mod host;
+mod imds;
+mod install;
+mod systemd_notify;
 mod metrics;

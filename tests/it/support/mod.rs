@@ -8,6 +8,7 @@
 pub mod cloudwatch;
 pub mod docker;
 pub mod imds;
+pub mod logs;
 pub mod moto;
 
 use std::path::PathBuf;
