@@ -8,5 +8,5 @@ mod foundation;
 mod host;
 mod imds;
 mod install;
-mod systemd_notify;
 mod metrics;
+mod systemd_notify;
