@@ -9,4 +9,5 @@ mod foundation;
 mod host;
 mod imds;
 mod install;
+mod metrics;
 mod systemd_notify;
