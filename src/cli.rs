@@ -224,7 +224,9 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             let loaded = load_config(config.as_deref())?;
             crate::logging::init(&loaded.config.log);
             runtime()?.block_on(async {
-                let report = crate::daemon::observe_once(&loaded.config).await?;
+                let mut report = crate::daemon::observe_once(&loaded.config).await?;
+                // The daemon's drain, as its state file records it.
+                report.drain = crate::drain::status_from_disk(&loaded.config.agent.state_dir).ok();
                 match output {
                     Output::Table => print!("{}", report.to_table()),
                     Output::Json => println!("{}", report.to_json()),

@@ -4,13 +4,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Loaded, SinkKind, Toggle};
+use crate::drain::{AwsEffects, DrainStatus, Runner, Settings, Store, Target};
 use crate::error::Error;
-use crate::host::{self, Observer, Snapshot};
+use crate::host::{self, InstanceFacts, Observer, Snapshot};
+use crate::imds;
+use crate::metrics::figures::{HostFacts, HostFigures};
 use crate::metrics::{self, Health};
 use crate::report::Report;
 
@@ -94,6 +97,14 @@ pub async fn observe_once(cfg: &Config) -> Result<Report, Error> {
     Ok(Report::assess(observe(cfg).await?, &cfg.capacity))
 }
 
+/// What the drain side hands the rest of the daemon.
+struct DrainParts {
+    status: watch::Receiver<DrainStatus>,
+    /// A second runner on the same state, for the drain before a system shutdown (`run` consumes the
+    /// first one).
+    shutdown: Runner,
+}
+
 /// Runs until `shutdown` resolves, then lets in-flight work finish and returns.
 pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let cfg = Arc::new(loaded.config);
@@ -101,6 +112,9 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
     let tracker = TaskTracker::new();
     let health = Arc::new(Health::default());
     let (report_tx, report_rx) = watch::channel::<Option<Arc<Report>>>(None);
+    let (families_tx, families_rx) = watch::channel::<Option<Vec<String>>>(None);
+    let (figures_tx, figures_rx) = watch::channel::<Option<Arc<HostFigures>>>(None);
+    let publish_now = Arc::new(Notify::new());
 
     let reach = detect_reach(&cfg).await;
     if !reach.aws && cfg.sinks.enabled.contains(&SinkKind::Cloudwatch) {
@@ -121,17 +135,64 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
     }
 
     let observer = Observer::start(cfg.clone(), token.clone(), &tracker).await;
+
+    let mut drain = None;
+    if reach.aws {
+        let sdk = crate::aws::sdk_config().await;
+        match imds::Client::new(&cfg.imds) {
+            Ok(client) => {
+                let client = Arc::new(client);
+                let facts = instance_facts(&client).await;
+                observer
+                    .set_instance(facts.clone(), Some(aws_sdk_ec2::Client::new(&sdk)))
+                    .await;
+                drain = start_drain(
+                    &cfg,
+                    &sdk,
+                    client,
+                    facts.instance_id,
+                    families_rx,
+                    &health,
+                    &token,
+                    &tracker,
+                )?;
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "cannot build the IMDS client: no interruption notices, no draining"
+            ),
+        }
+        if cfg.sinks.enabled.contains(&SinkKind::Cloudwatch) {
+            // Fails fast on a bad region, missing credentials or a denied permission.
+            let publisher = metrics::cloudwatch::start(&sdk, &cfg, health.clone()).await?;
+            tracker.spawn(publisher.run(figures_rx, publish_now.clone(), token.clone()));
+        }
+    }
+
     tracker.spawn(observe_loop(
         cfg.clone(),
         observer,
         health.clone(),
         report_tx,
+        families_tx,
+        figures_tx,
+        drain.as_ref().map(|d| d.status.clone()),
+        publish_now,
         token.clone(),
     ));
     tracker.close();
 
     tracing::info!(cluster = %cfg.agent.cluster, interval = ?cfg.agent.interval, "ecs-capacity-agent running");
     shutdown.await;
+    if let Some(d) = drain.as_ref().filter(|_| cfg.drain.drain_on_shutdown) {
+        // Everything else keeps running meanwhile: the observer still counts the tasks.
+        crate::drain::drain_before_shutdown(
+            &d.shutdown,
+            cfg.drain.shutdown_drain_timeout,
+            crate::drain::system_is_stopping,
+        )
+        .await;
+    }
     crate::systemd::notify_stopping();
     token.cancel();
     tracker.wait().await;
@@ -139,33 +200,127 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
+/// What IMDS says about this instance; each look-up that fails is logged and left unknown.
+async fn instance_facts(client: &imds::Client) -> InstanceFacts {
+    let instance_id = client
+        .instance_id()
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "IMDS: no instance id"))
+        .ok();
+    let instance_type = client
+        .instance_type()
+        .await
+        .inspect_err(|e| tracing::warn!(error = %e, "IMDS: no instance type; ENI limit unknown"))
+        .ok();
+    let macs = client
+        .mac_addresses()
+        .await
+        .inspect_err(|e| tracing::warn!(error = %e, "IMDS: no MAC list; ENIs counted from sysfs"))
+        .ok();
+    InstanceFacts {
+        instance_id,
+        instance_type,
+        macs,
+    }
+}
+
+/// The notice pollers and the drain runner. Without an instance id there is nothing to drain.
+#[allow(clippy::too_many_arguments)]
+fn start_drain(
+    cfg: &Arc<Config>,
+    sdk: &aws_config::SdkConfig,
+    client: Arc<imds::Client>,
+    instance_id: Option<String>,
+    families: watch::Receiver<Option<Vec<String>>>,
+    health: &Arc<Health>,
+    token: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<Option<DrainParts>, Error> {
+    let Some(instance_id) = instance_id else {
+        tracing::error!("the instance id is unknown: no interruption notices, no draining");
+        return Ok(None);
+    };
+    let open = || {
+        Store::open(&cfg.agent.state_dir).map_err(|e| {
+            Error::Unavailable(format!(
+                "drain state: {e} (agent.state_dir must be writable; a drain must survive a restart)"
+            ))
+        })
+    };
+    let effects = Arc::new(
+        AwsEffects::new(sdk, Target::from_config(cfg, instance_id))
+            .with_local_tasks(families)
+            .with_ignored_families(cfg.drain.ignore_families.clone()),
+    );
+    let settings = Settings::from_config(&cfg.drain);
+    let (runner, handles) = Runner::new(settings.clone(), open()?, effects.clone(), health.clone());
+    let (shutdown, _) = Runner::new(settings, open()?, effects, health.clone());
+    // Bounded: the pollers send a notice once when it appears and again only when it changes.
+    let (tx, rx) = mpsc::channel(32);
+    imds::spawn_pollers(
+        client,
+        &cfg.imds,
+        tx,
+        token.clone(),
+        tracker,
+        health.clone(),
+    );
+    tracker.spawn(runner.run(rx, token.clone()));
+    Ok(Some(DrainParts {
+        status: handles.status,
+        shutdown,
+    }))
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn observe_loop(
     cfg: Arc<Config>,
     observer: Observer,
     health: Arc<Health>,
     report_tx: watch::Sender<Option<Arc<Report>>>,
+    families_tx: watch::Sender<Option<Vec<String>>>,
+    figures_tx: watch::Sender<Option<Arc<HostFigures>>>,
+    mut drain: Option<watch::Receiver<DrainStatus>>,
+    publish_now: Arc<Notify>,
     token: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(cfg.agent.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stdout = cfg.sinks.enabled.contains(&SinkKind::Stdout);
+    let mut changes = observer.changes();
     // systemd: WATCHDOG=1 from this loop (a wedged observation stops it), READY=1 after the first
     // successful observation.
     let watchdog = crate::systemd::watchdog_interval();
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let mut ready = false;
     loop {
-        tokio::select! {
+        // A task that starts or stops is a material change: observe (and publish) at once.
+        let material = tokio::select! {
             _ = token.cancelled() => return,
             _ = watchdog_tick.tick(), if watchdog.is_some() => {
                 crate::systemd::notify_watchdog();
                 continue;
             }
-            _ = ticker.tick() => {}
-        }
+            _ = ticker.tick() => false,
+            r = changes.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                true
+            }
+            // A drain that starts or ends is one too: the figures must say so before they go out.
+            Some(()) = drain_changed(drain.as_mut()) => true,
+        };
         match observer.snapshot().await {
             Ok(snapshot) => {
-                let report = Report::assess(snapshot, &cfg.capacity);
+                families_tx.send_replace(Some(snapshot.task_families()));
+                let mut report = Report::assess(snapshot, &cfg.capacity);
+                report.drain = drain
+                    .as_mut()
+                    .map(|status| status.borrow_and_update().clone());
+                let figures = Arc::new(figures_of(&cfg, &report));
+                report.figures = Some((*figures).clone());
+                figures_tx.send_replace(Some(figures));
                 health.observed();
                 if !ready {
                     crate::systemd::notify_ready();
@@ -175,6 +330,9 @@ async fn observe_loop(
                     print_report(&report);
                 }
                 report_tx.send_replace(Some(Arc::new(report)));
+                if material {
+                    publish_now.notify_one();
+                }
             }
             Err(e) => {
                 health.error("observation");
@@ -182,6 +340,37 @@ async fn observe_loop(
             }
         }
     }
+}
+
+/// Resolves when the drain status changes; never without a drain (or once its runner is gone).
+async fn drain_changed(drain: Option<&mut watch::Receiver<DrainStatus>>) -> Option<()> {
+    match drain {
+        Some(rx) => rx.changed().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// This host's published figures: its capacity report plus identity, usage, ENIs, tasks, drain.
+fn figures_of(cfg: &Config, report: &Report) -> HostFigures {
+    let s = &report.snapshot;
+    let non_empty = |v: &str| (!v.trim().is_empty()).then(|| v.trim().to_string());
+    let facts = HostFacts {
+        at: s.taken_at,
+        cluster: s
+            .ecs
+            .cluster
+            .clone()
+            .unwrap_or_else(|| cfg.agent.cluster.clone()),
+        instance_id: crate::assess::host_input(s).name,
+        autoscaling_group: non_empty(&cfg.drain.autoscaling_group),
+        cpu_used_cores: s.usage.as_ref().and_then(|u| u.cpu_cores),
+        memory_used_bytes: s.usage.as_ref().and_then(|u| u.working_set_bytes),
+        eni_attached: s.eni.attached,
+        eni_limit: s.eni.limit,
+        running_tasks: u32::try_from(s.tasks.len()).unwrap_or(u32::MAX),
+        draining: report.drain.as_ref().is_some_and(DrainStatus::is_draining),
+    };
+    HostFigures::from_host(facts, &report.capacity)
 }
 
 fn print_report(report: &Report) {

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::capacity::{HostReport, TaskShape};
 use crate::config::CapacityConfig;
+use crate::drain::DrainStatus;
 use crate::host::Snapshot;
 
 #[derive(Debug, Clone, Serialize)]
@@ -15,6 +16,12 @@ pub struct Report {
     pub shapes: Vec<TaskShape>,
     /// This host against the largest of `shapes`.
     pub capacity: HostReport,
+    /// The drain's state, where draining is on (the daemon) or its state file was read (`status`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainStatus>,
+    /// What is published for this host (CloudWatch, Prometheus); set by the daemon.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub figures: Option<crate::metrics::figures::HostFigures>,
 }
 
 impl Report {
@@ -26,6 +33,8 @@ impl Report {
             snapshot,
             shapes,
             capacity,
+            drain: None,
+            figures: None,
         }
     }
 
@@ -161,6 +170,9 @@ impl Report {
             }
         }
         self.capacity_table(&mut out);
+        if let Some(d) = &self.drain {
+            let _ = writeln!(out, "\ndrain: {}", d.summary());
+        }
         for u in &s.unavailable {
             let _ = writeln!(out, "unavailable: {u}");
         }

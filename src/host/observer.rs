@@ -440,10 +440,10 @@ async fn resync(
     let known: HashSet<String> = lock(&shared.docker).containers.keys().cloned().collect();
     let mut fresh = Vec::new();
     for id in &ids {
-        if full || !known.contains(id) {
-            if let Some(info) = client.inspect(id).await? {
-                fresh.push(info);
-            }
+        if (full || !known.contains(id))
+            && let Some(info) = client.inspect(id).await?
+        {
+            fresh.push(info);
         }
     }
     let live: HashSet<&String> = ids.iter().collect();

@@ -38,24 +38,6 @@ impl CpuRates {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn rate_is_cores_between_two_samples() {
-        let mut r = CpuRates::default();
-        let t0 = Instant::now();
-        assert_eq!(r.rate("a", 1_000_000, t0), None);
-        let rate = r.rate("a", 3_000_000, t0 + Duration::from_secs(4)).unwrap();
-        assert!((rate - 0.5).abs() < 1e-9);
-        assert_eq!(r.rate("a", 10, t0 + Duration::from_secs(5)), None);
-        r.retain(&Default::default());
-        assert_eq!(r.rate("a", 20, t0 + Duration::from_secs(6)), None);
-    }
-}
-
 /// Reads containers' cgroups through `crate::cgroup` (hierarchy detected once, at construction).
 pub struct CgroupReader {
     cgroups: crate::cgroup::Cgroups,
@@ -79,4 +61,22 @@ pub fn default_reader(cfg: &crate::config::Config) -> Result<Box<dyn UsageReader
     crate::cgroup::Cgroups::detect(&cfg.host.cgroup_root)
         .map(|cgroups| Box::new(CgroupReader { cgroups }) as Box<dyn UsageReader>)
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rate_is_cores_between_two_samples() {
+        let mut r = CpuRates::default();
+        let t0 = Instant::now();
+        assert_eq!(r.rate("a", 1_000_000, t0), None);
+        let rate = r.rate("a", 3_000_000, t0 + Duration::from_secs(4)).unwrap();
+        assert!((rate - 0.5).abs() < 1e-9);
+        assert_eq!(r.rate("a", 10, t0 + Duration::from_secs(5)), None);
+        r.retain(&Default::default());
+        assert_eq!(r.rate("a", 20, t0 + Duration::from_secs(6)), None);
+    }
 }

@@ -108,6 +108,9 @@ fn gauge<'a>(name: &'a str, help: &'a str, v: f64) -> Family<'a> {
 /// The whole exposition: the host's figures (when observed) and the daemon's own health.
 pub fn render(report: Option<&Report>, health: &Health) -> String {
     let mut out = String::new();
+    if let Some(f) = report.and_then(|r| r.figures.as_ref()) {
+        render_figures(&mut out, f);
+    }
     if let Some(r) = report {
         let reg = &r.snapshot.registered;
         write_family(
@@ -173,4 +176,29 @@ pub fn render(report: Option<&Report>, health: &Health) -> String {
         },
     );
     out
+}
+
+/// The published figures under their Prometheus names (the same table CloudWatch gets); per-resource
+/// values carry a `resource` label.
+fn render_figures(out: &mut String, f: &crate::metrics::figures::HostFigures) {
+    for m in crate::metrics::figures::METRICS.iter() {
+        let mut samples = Vec::new();
+        if let Some(v) = f.value(m.name) {
+            samples.push((String::new(), v));
+        }
+        for (resource, v) in f.by_resource(m.name) {
+            samples.push((format!("resource=\"{resource}\""), v));
+        }
+        if !samples.is_empty() {
+            write_family(
+                out,
+                &Family {
+                    name: m.prometheus,
+                    help: m.help,
+                    kind: "gauge",
+                    samples,
+                },
+            );
+        }
+    }
 }
