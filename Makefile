@@ -2,7 +2,9 @@
 CARGO ?= cargo
 DESTDIR ?=
 PREFIX ?= /usr
-BIN := ecs-capacity-agent
+NAME := ecs-capacity-agent
+# The binary `make install` installs (scripts/install.sh); override with BIN=path.
+BIN ?= target/release/$(NAME)
 
 .PHONY: build run test lint bench release install ami check
 
@@ -26,4 +28,13 @@ bench:
 
 release:
 	$(CARGO) build --release --locked
-	@ls -l target/release/$(BIN)
+	@ls -l target/release/$(NAME)
+
+# Lays out /usr/bin, /etc/ecs-capacity-agent, the systemd unit and /var/lib/ecs-capacity-agent under
+# DESTDIR (empty: this machine). Installs BIN as it is: run `make release` first.
+install:
+	DESTDIR="$(DESTDIR)" BIN="$(BIN)" scripts/install.sh
+
+# The ECS container instance AMI (Packer, AWS credentials needed); see README "Install on an ECS AMI".
+ami:
+	BIN="$(BIN)" scripts/build-ami.sh

@@ -1,9 +1,8 @@
 //! The daemon: wires the observers, the sinks and the notice watchers together, and ends them all on
 //! one cancellation token.
 
-use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -11,7 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Loaded, SinkKind, Toggle};
 use crate::error::Error;
-use crate::host::{self, Snapshot};
+use crate::host::{self, Observer, Snapshot};
 use crate::metrics::{self, Health};
 use crate::report::Report;
 
@@ -85,22 +84,14 @@ async fn probe_imds(endpoint: &str, timeout: Duration) -> bool {
         .unwrap_or(false)
 }
 
-/// One observation of the host. A source that cannot be read is recorded in `unavailable`; only a
-/// failure to read what the host registers (without which there is no capacity at all) is an error.
+/// One observation of the host (for `status`). A source that cannot be read is recorded in
+/// `unavailable`; only a failure to read what the host registers is an error.
 pub async fn observe(cfg: &Config) -> Result<Snapshot, Error> {
-    let registered = host::registered::read(&cfg.host, Path::new("/proc/meminfo"))
-        .map_err(|e| Error::Unavailable(format!("host resources: {e}")))?;
-    Ok(Snapshot {
-        taken_at: SystemTime::now(),
-        registered,
-        unavailable: Vec::new(),
-    })
+    host::observe_once(cfg).await
 }
 
 pub async fn observe_once(cfg: &Config) -> Result<Report, Error> {
-    Ok(Report {
-        snapshot: observe(cfg).await?,
-    })
+    Ok(Report::assess(observe(cfg).await?, &cfg.capacity))
 }
 
 /// Runs until `shutdown` resolves, then lets in-flight work finish and returns.
@@ -129,8 +120,10 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
         tracker.spawn(serving);
     }
 
+    let observer = Observer::start(cfg.clone(), token.clone(), &tracker).await;
     tracker.spawn(observe_loop(
         cfg.clone(),
+        observer,
         health.clone(),
         report_tx,
         token.clone(),
@@ -139,6 +132,7 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
 
     tracing::info!(cluster = %cfg.agent.cluster, interval = ?cfg.agent.interval, "ecs-capacity-agent running");
     shutdown.await;
+    crate::systemd::notify_stopping();
     token.cancel();
     tracker.wait().await;
     tracing::info!("ecs-capacity-agent stopped");
@@ -147,6 +141,7 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
 
 async fn observe_loop(
     cfg: Arc<Config>,
+    observer: Observer,
     health: Arc<Health>,
     report_tx: watch::Sender<Option<Arc<Report>>>,
     token: CancellationToken,
@@ -154,14 +149,28 @@ async fn observe_loop(
     let mut ticker = tokio::time::interval(cfg.agent.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stdout = cfg.sinks.enabled.contains(&SinkKind::Stdout);
+    // systemd: WATCHDOG=1 from this loop (a wedged observation stops it), READY=1 after the first
+    // successful observation.
+    let watchdog = crate::systemd::watchdog_interval();
+    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    let mut ready = false;
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
+            _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                crate::systemd::notify_watchdog();
+                continue;
+            }
             _ = ticker.tick() => {}
         }
-        match observe_once(&cfg).await {
-            Ok(report) => {
+        match observer.snapshot().await {
+            Ok(snapshot) => {
+                let report = Report::assess(snapshot, &cfg.capacity);
                 health.observed();
+                if !ready {
+                    crate::systemd::notify_ready();
+                    ready = true;
+                }
                 if stdout {
                     print_report(&report);
                 }

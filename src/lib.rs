@@ -1,12 +1,17 @@
 //! ecs-capacity-agent: observes an ECS container instance, reports its spare capacity and drains it
 //! before it goes away. See DESIGN.md in the shared folder for the architecture.
 
+pub mod assess;
 pub mod aws;
 pub mod capacity;
+pub mod cgroup;
 pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
+pub mod docker;
+pub mod ecs_agent;
+pub mod eni;
 pub mod error;
 pub mod host;
 pub mod logging;
@@ -14,5 +19,6 @@ pub mod metrics;
 pub mod notice;
 pub mod report;
 pub mod retry;
+pub mod systemd;
 
 pub use error::Error;

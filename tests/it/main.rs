@@ -2,5 +2,9 @@
 
 mod support;
 
+mod cgroup_real;
 mod cluster;
 mod foundation;
+mod host;
+mod install;
+mod systemd_notify;

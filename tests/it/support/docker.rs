@@ -106,6 +106,8 @@ pub struct ContainerSpec {
     pub ports: Vec<(u16, u16, &'static str)>,
     /// "bridge" (default), "host", "none", or "container:<id>".
     pub network_mode: Option<String>,
+    /// Docker's `--cgroup-parent`, e.g. `/ecs/<task-id>` as the ECS agent sets it for task cgroups.
+    pub cgroup_parent: Option<String>,
 }
 
 impl ContainerSpec {
@@ -173,6 +175,7 @@ pub async fn start(docker: &Docker, spec: &ContainerSpec) -> Result<String, Stri
             memory_reservation: spec.memory_reservation_bytes,
             port_bindings: (!bindings.is_empty()).then_some(bindings),
             network_mode: spec.network_mode.clone(),
+            cgroup_parent: spec.cgroup_parent.clone(),
             ..Default::default()
         }),
         ..Default::default()

@@ -1,0 +1,96 @@
+//! Reading 200 containers' usage from a fixture cgroup tree (the target: ≤ 10 ms per
+//! snapshot). Run optimized with the shared target dir:
+//! `CARGO_TARGET_DIR=/work/bench-target cargo bench --bench cgroup`.
+//!
+//! `read/*` reads 200 already-located cgroups (what the observer does every interval); `locate+read/*`
+//! also locates each one first (the cost after a Docker event or a resync). The tree lives in a temp
+//! dir on the regular filesystem, which is slower to open and read than the kernel's cgroupfs.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use ecs_capacity_agent::cgroup::{Cgroups, Usage};
+
+#[path = "../src/cgroup/fixture.rs"]
+mod fixture;
+
+const CONTAINERS: u64 = 200;
+/// ECS tasks of four containers each, under the agent's task cgroups.
+const PER_TASK: u64 = 4;
+
+struct Tree {
+    _dir: tempfile::TempDir,
+    cgroups: Cgroups,
+    ids: Vec<(String, String)>,
+}
+
+fn tree(version: &str) -> Tree {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    match version {
+        "v2" => fixture::v2_root(root),
+        "v1" => fixture::v1_root(root, true),
+        _ => fixture::hybrid_root(root),
+    }
+    .expect("fixture root");
+    let mut ids = Vec::new();
+    for n in 0..CONTAINERS {
+        let (task, id) = (fixture::task_id(n / PER_TASK), fixture::container_id(n));
+        let sample = fixture::Sample::nth(n);
+        match version {
+            "v2" => fixture::v2_container(
+                root,
+                &format!("ecstasks.slice/ecstasks-{task}.slice/docker-{id}.scope"),
+                &sample,
+            ),
+            "v1" => fixture::v1_container(root, &format!("ecs/{task}/{id}"), &sample),
+            _ => fixture::hybrid_container(root, &format!("docker/{id}"), &sample),
+        }
+        .expect("fixture container");
+        ids.push((id, task));
+    }
+    let cgroups = Cgroups::detect(root).expect("detect fixture");
+    Tree {
+        _dir: dir,
+        cgroups,
+        ids,
+    }
+}
+
+fn snapshot(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cgroup_200_containers");
+    for version in ["v2", "v1", "hybrid"] {
+        let t = tree(version);
+        let located: Vec<_> = t
+            .ids
+            .iter()
+            .map(|(id, task)| t.cgroups.container(id, Some(task)).expect("located"))
+            .collect();
+        // Every container reads fully: a benchmark of None would measure nothing.
+        for c in &located {
+            let u = c.read();
+            assert!(u.cpu_usage_usec.is_some() && u.memory_working_set_bytes.is_some());
+        }
+        group.bench_function(format!("read/{version}"), |b| {
+            b.iter(|| {
+                let usages: Vec<Usage> = located.iter().map(|c| c.read()).collect();
+                black_box(Usage::total(&usages))
+            })
+        });
+        group.bench_function(format!("locate+read/{version}"), |b| {
+            b.iter(|| {
+                let usages: Vec<Usage> = t
+                    .ids
+                    .iter()
+                    .filter_map(|(id, task)| t.cgroups.container(id, Some(task)))
+                    .map(|c| c.read())
+                    .collect();
+                black_box(Usage::total(&usages))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, snapshot);
+criterion_main!(benches);

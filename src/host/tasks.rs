@@ -1,0 +1,402 @@
+//! Grouping Docker containers into ECS tasks and adding up what they reserve. Pure.
+//!
+//! What a task reserves follows the ECS scheduler's accounting: CPU units are the containers' `cpu`
+//! (which the ECS agent passes to Docker as CpuShares); memory is a container's `memoryReservation`
+//! (Docker MemoryReservation) when set, else its `memory` hard limit (Docker Memory) — the ECS
+//! ContainerDefinition reference: "If you specify memoryReservation, then that value is subtracted
+//! from the available memory resources for the container instance … Otherwise, the value of memory
+//! is used." Task-level cpu/memory are not visible in Docker (they live on the task cgroup), so a
+//! task that sets only task-level sizes shows the sum of its containers' values (often 0).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::docker::{ContainerInfo, PAUSE_CONTAINER_NAME};
+
+const MIB: u64 = 1024 * 1024;
+
+/// The task's network mode as the ECS agent realises it in Docker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    Bridge,
+    Host,
+    /// The agent's pause container holds the task's ENI; the others join it with `container:<id>`.
+    Awsvpc,
+    None,
+    /// Anything else Docker reports (a user-defined network).
+    Other(String),
+}
+
+impl std::fmt::Display for NetworkMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NetworkMode::Bridge => f.write_str("bridge"),
+            NetworkMode::Host => f.write_str("host"),
+            NetworkMode::Awsvpc => f.write_str("awsvpc"),
+            NetworkMode::None => f.write_str("none"),
+            NetworkMode::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Actual use of one container (or summed over a task / the host), from its cgroup.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Usage {
+    /// Cumulative CPU time, µs.
+    pub cpu_usage_usec: Option<u64>,
+    /// CPU in use between the previous observation and this one, in cores (1.0 = one CPU busy).
+    pub cpu_cores: Option<f64>,
+    /// Memory charged to the cgroup, including page cache.
+    pub memory_bytes: Option<u64>,
+    /// Memory minus inactive file cache (what `docker stats` and the kubelet call working set).
+    pub working_set_bytes: Option<u64>,
+    /// Cumulative time throttled by a CPU quota, µs.
+    pub throttled_usec: Option<u64>,
+}
+
+impl Usage {
+    /// Adds `other` field by field; a field stays `None` only when neither side has it.
+    pub fn add(&mut self, other: &Usage) {
+        fn sum_u(a: &mut Option<u64>, b: Option<u64>) {
+            if let Some(b) = b {
+                *a = Some(a.unwrap_or(0).saturating_add(b));
+            }
+        }
+        sum_u(&mut self.cpu_usage_usec, other.cpu_usage_usec);
+        sum_u(&mut self.memory_bytes, other.memory_bytes);
+        sum_u(&mut self.working_set_bytes, other.working_set_bytes);
+        sum_u(&mut self.throttled_usec, other.throttled_usec);
+        if let Some(b) = other.cpu_cores {
+            self.cpu_cores = Some(self.cpu_cores.unwrap_or(0.0) + b);
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskContainer {
+    pub id: String,
+    /// The container's name in the task definition.
+    pub name: String,
+    pub docker_name: String,
+    pub cpu_shares: u64,
+    pub memory_limit_mib: Option<u64>,
+    pub memory_reservation_mib: Option<u64>,
+    pub tcp_ports: BTreeSet<u16>,
+    pub udp_ports: BTreeSet<u16>,
+    pub network_mode: String,
+    pub usage: Option<Usage>,
+}
+
+/// One ECS task running here.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Task {
+    pub arn: String,
+    pub family: String,
+    pub revision: String,
+    pub network_mode: NetworkMode,
+    /// CPU units the task reserves on this instance.
+    pub cpu_units: u64,
+    /// Memory MiB the task reserves on this instance.
+    pub memory_mib: u64,
+    pub tcp_ports: BTreeSet<u16>,
+    pub udp_ports: BTreeSet<u16>,
+    pub containers: Vec<TaskContainer>,
+    /// From the ECS agent's introspection API; `None` when the agent did not answer.
+    pub known_status: Option<String>,
+    pub desired_status: Option<String>,
+    /// Summed over the task's containers; `None` when no container's cgroup could be read.
+    pub usage: Option<Usage>,
+}
+
+impl Task {
+    /// The task id: the last segment of the ARN (`…:task/<cluster>/<id>` or the older `…:task/<id>`).
+    pub fn id(&self) -> &str {
+        task_id(&self.arn)
+    }
+}
+
+pub fn task_id(arn: &str) -> &str {
+    arn.rsplit('/').next().unwrap_or(arn)
+}
+
+/// A running container that is not part of an ECS task. Listed, never counted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OtherContainer {
+    pub id: String,
+    pub name: String,
+    pub network_mode: String,
+    pub tcp_ports: BTreeSet<u16>,
+    pub udp_ports: BTreeSet<u16>,
+}
+
+/// What the running tasks reserve, summed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Reserved {
+    pub cpu_units: u64,
+    pub memory_mib: u64,
+    pub tcp_ports: BTreeSet<u16>,
+    pub udp_ports: BTreeSet<u16>,
+    /// One ENI (or branch ENI) each.
+    pub awsvpc_tasks: u32,
+}
+
+fn mib_ceil(bytes: u64) -> u64 {
+    bytes.div_ceil(MIB)
+}
+
+/// Memory a container takes from the instance: the soft reservation when set, else the hard limit.
+pub fn container_memory_mib(c: &ContainerInfo) -> u64 {
+    c.memory_reservation_bytes
+        .or(c.memory_limit_bytes)
+        .map(mib_ceil)
+        .unwrap_or(0)
+}
+
+fn is_pause(c: &ContainerInfo) -> bool {
+    c.ecs
+        .as_ref()
+        .is_some_and(|l| l.container_name == PAUSE_CONTAINER_NAME)
+}
+
+fn network_mode(members: &[&ContainerInfo]) -> NetworkMode {
+    let ids: BTreeSet<&str> = members.iter().map(|c| c.id.as_str()).collect();
+    let joins_member = |c: &&&ContainerInfo| {
+        c.network_mode
+            .strip_prefix("container:")
+            .is_some_and(|target| ids.iter().any(|id| id.starts_with(target) || target == *id))
+    };
+    if members.iter().any(|c| is_pause(c)) || members.iter().any(|c| joins_member(&c)) {
+        return NetworkMode::Awsvpc;
+    }
+    let mode = members
+        .iter()
+        .map(|c| c.network_mode.as_str())
+        .find(|m| !m.starts_with("container:"))
+        .unwrap_or("bridge");
+    match mode {
+        "bridge" | "default" => NetworkMode::Bridge,
+        "host" => NetworkMode::Host,
+        "none" => NetworkMode::None,
+        other => NetworkMode::Other(other.to_string()),
+    }
+}
+
+/// Groups running containers by task ARN (tasks sorted by ARN, containers by name); containers
+/// without the ECS task-ARN label go to the second list.
+pub fn group<'a>(
+    containers: impl IntoIterator<Item = &'a ContainerInfo>,
+) -> (Vec<Task>, Vec<OtherContainer>) {
+    let mut by_task: BTreeMap<&str, Vec<&ContainerInfo>> = BTreeMap::new();
+    let mut others = Vec::new();
+    for c in containers {
+        match &c.ecs {
+            Some(l) => by_task.entry(l.task_arn.as_str()).or_default().push(c),
+            None => others.push(OtherContainer {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                network_mode: c.network_mode.clone(),
+                tcp_ports: c.tcp_ports.clone(),
+                udp_ports: c.udp_ports.clone(),
+            }),
+        }
+    }
+    others.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+    let tasks = by_task
+        .into_iter()
+        .map(|(arn, mut members)| {
+            members.sort_by(|a, b| {
+                let name = |c: &ContainerInfo| c.ecs.as_ref().map(|l| l.container_name.clone());
+                name(a).cmp(&name(b)).then(a.id.cmp(&b.id))
+            });
+            let labels = members[0].ecs.as_ref();
+            let mut task = Task {
+                arn: arn.to_string(),
+                family: labels.map(|l| l.family.clone()).unwrap_or_default(),
+                revision: labels.map(|l| l.version.clone()).unwrap_or_default(),
+                network_mode: network_mode(&members),
+                cpu_units: 0,
+                memory_mib: 0,
+                tcp_ports: BTreeSet::new(),
+                udp_ports: BTreeSet::new(),
+                containers: Vec::with_capacity(members.len()),
+                known_status: None,
+                desired_status: None,
+                usage: None,
+            };
+            for c in &members {
+                // The pause container is the agent's, not part of the task definition: ECS does
+                // not count it against the instance.
+                if !is_pause(c) {
+                    task.cpu_units += c.cpu_shares;
+                    task.memory_mib += container_memory_mib(c);
+                }
+                task.tcp_ports.extend(&c.tcp_ports);
+                task.udp_ports.extend(&c.udp_ports);
+                task.containers.push(TaskContainer {
+                    id: c.id.clone(),
+                    name: c
+                        .ecs
+                        .as_ref()
+                        .map(|l| l.container_name.clone())
+                        .unwrap_or_default(),
+                    docker_name: c.name.clone(),
+                    cpu_shares: c.cpu_shares,
+                    memory_limit_mib: c.memory_limit_bytes.map(mib_ceil),
+                    memory_reservation_mib: c.memory_reservation_bytes.map(mib_ceil),
+                    tcp_ports: c.tcp_ports.clone(),
+                    udp_ports: c.udp_ports.clone(),
+                    network_mode: c.network_mode.clone(),
+                    usage: None,
+                });
+            }
+            task
+        })
+        .collect();
+    (tasks, others)
+}
+
+/// Sums the tasks' reservations.
+pub fn reserved(tasks: &[Task]) -> Reserved {
+    let mut r = Reserved::default();
+    for t in tasks {
+        r.cpu_units += t.cpu_units;
+        r.memory_mib += t.memory_mib;
+        r.tcp_ports.extend(&t.tcp_ports);
+        r.udp_ports.extend(&t.udp_ports);
+        if t.network_mode == NetworkMode::Awsvpc {
+            r.awsvpc_tasks += 1;
+        }
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::EcsLabels;
+
+    fn container(id: &str, task: Option<(&str, &str)>, mode: &str) -> ContainerInfo {
+        ContainerInfo {
+            id: id.into(),
+            name: format!("docker-{id}"),
+            running: true,
+            ecs: task.map(|(arn, name)| EcsLabels {
+                task_arn: arn.into(),
+                container_name: name.into(),
+                family: "web".into(),
+                version: "3".into(),
+                cluster: Some("prod".into()),
+            }),
+            cpu_shares: 0,
+            memory_limit_bytes: None,
+            memory_reservation_bytes: None,
+            tcp_ports: BTreeSet::new(),
+            udp_ports: BTreeSet::new(),
+            network_mode: mode.into(),
+            cgroup_parent: None,
+        }
+    }
+
+    #[test]
+    fn soft_reservation_wins_over_hard_limit_and_bytes_round_up_to_mib() {
+        let mut c = container("a", Some(("t1", "app")), "bridge");
+        c.memory_limit_bytes = Some(512 * MIB);
+        c.memory_reservation_bytes = Some(128 * MIB);
+        assert_eq!(container_memory_mib(&c), 128);
+        c.memory_reservation_bytes = None;
+        assert_eq!(container_memory_mib(&c), 512);
+        c.memory_limit_bytes = Some(MIB + 1);
+        assert_eq!(container_memory_mib(&c), 2);
+        c.memory_limit_bytes = None;
+        assert_eq!(container_memory_mib(&c), 0);
+    }
+
+    #[test]
+    fn containers_group_by_task_arn_and_unlabelled_ones_are_never_counted() {
+        let mut a = container("a", Some(("arn:task/c/t1", "app")), "bridge");
+        a.cpu_shares = 256;
+        a.memory_limit_bytes = Some(256 * MIB);
+        a.tcp_ports = BTreeSet::from([8080]);
+        let mut b = container("b", Some(("arn:task/c/t1", "sidecar")), "bridge");
+        b.cpu_shares = 128;
+        b.memory_reservation_bytes = Some(64 * MIB);
+        b.udp_ports = BTreeSet::from([5353]);
+        let mut h = container("h", Some(("arn:task/c/t2", "app")), "host");
+        h.cpu_shares = 512;
+        h.tcp_ports = BTreeSet::from([9000]);
+        let mut other = container("x", None, "host");
+        other.cpu_shares = 4096;
+        other.tcp_ports = BTreeSet::from([22]);
+        let (tasks, others) = group([&h, &b, &other, &a]);
+        assert_eq!(tasks.len(), 2);
+        let t1 = &tasks[0];
+        assert_eq!(t1.arn, "arn:task/c/t1");
+        assert_eq!(t1.id(), "t1");
+        assert_eq!((t1.cpu_units, t1.memory_mib), (384, 320));
+        assert_eq!(t1.network_mode, NetworkMode::Bridge);
+        assert_eq!(
+            t1.containers
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>(),
+            ["app", "sidecar"]
+        );
+        assert_eq!(tasks[1].network_mode, NetworkMode::Host);
+        assert_eq!(others.len(), 1);
+        assert_eq!(others[0].id, "x");
+        let r = reserved(&tasks);
+        assert_eq!((r.cpu_units, r.memory_mib), (896, 320));
+        assert_eq!(r.tcp_ports, BTreeSet::from([8080, 9000]));
+        assert_eq!(r.udp_ports, BTreeSet::from([5353]));
+        assert_eq!(r.awsvpc_tasks, 0);
+    }
+
+    #[test]
+    fn awsvpc_is_the_pause_container_and_the_others_joining_it() {
+        let mut pause = container(
+            "pause0123",
+            Some(("arn:task/c/v", PAUSE_CONTAINER_NAME)),
+            "none",
+        );
+        pause.cpu_shares = 2;
+        pause.memory_limit_bytes = Some(64 * MIB);
+        let mut app = container("app1", Some(("arn:task/c/v", "app")), "container:pause0123");
+        app.cpu_shares = 256;
+        let (tasks, _) = group([&pause, &app]);
+        assert_eq!(tasks[0].network_mode, NetworkMode::Awsvpc);
+        assert_eq!((tasks[0].cpu_units, tasks[0].memory_mib), (256, 0));
+        assert_eq!(reserved(&tasks).awsvpc_tasks, 1);
+
+        // Without the pause label (an unusual agent), joining another container of the same task
+        // still marks it awsvpc.
+        let ns = container("ns", Some(("arn:task/c/w", "holder")), "none");
+        let joiner = container("j", Some(("arn:task/c/w", "app")), "container:ns");
+        let (tasks, _) = group([&ns, &joiner]);
+        assert_eq!(tasks[0].network_mode, NetworkMode::Awsvpc);
+
+        let none = container("n", Some(("arn:task/c/n", "app")), "none");
+        let (tasks, _) = group([&none]);
+        assert_eq!(tasks[0].network_mode, NetworkMode::None);
+    }
+
+    #[test]
+    fn usage_adds_fields_present_on_either_side() {
+        let mut u = Usage::default();
+        u.add(&Usage {
+            cpu_usage_usec: Some(10),
+            cpu_cores: Some(0.5),
+            ..Default::default()
+        });
+        u.add(&Usage {
+            cpu_usage_usec: Some(5),
+            memory_bytes: Some(100),
+            ..Default::default()
+        });
+        assert_eq!(u.cpu_usage_usec, Some(15));
+        assert_eq!(u.cpu_cores, Some(0.5));
+        assert_eq!(u.memory_bytes, Some(100));
+        assert_eq!(u.working_set_bytes, None);
+    }
+}
