@@ -14,6 +14,7 @@ pub mod ecs_agent;
 pub mod eni;
 pub mod error;
 pub mod host;
+pub mod imds;
 pub mod logging;
 pub mod metrics;
 pub mod notice;

@@ -73,6 +73,23 @@ impl Notice {
             Notice::Maintenance(e) => format!("maintenance:{}", e.event_id),
         }
     }
+
+    /// `id()` plus what may change about the same notice: a maintenance event's State (active →
+    /// canceled) and its schedule. The pollers re-send a notice only when its revision changes, so a
+    /// consumer can tell "the same notice again" (same revision) from "this notice changed" (same id,
+    /// new revision).
+    pub fn revision(&self) -> String {
+        match self {
+            Notice::Maintenance(e) => format!(
+                "maintenance:{}:{:?}:{}:{}",
+                e.event_id,
+                e.state,
+                unix(e.not_before),
+                e.not_after.map(unix).unwrap_or(0)
+            ),
+            _ => self.id(),
+        }
+    }
 }
 
 fn unix(t: SystemTime) -> u64 {

@@ -6,5 +6,6 @@ mod cgroup_real;
 mod cluster;
 mod foundation;
 mod host;
+mod imds;
 mod install;
 mod systemd_notify;

@@ -7,6 +7,7 @@
 
 pub mod docker;
 pub mod imds;
+pub mod logs;
 pub mod moto;
 
 use std::path::PathBuf;

@@ -1,0 +1,330 @@
+//! The notice pollers: one task per IMDS path, each polling at `imds.poll_interval` (1 s by default,
+//! as the ECS agent polls spot), sending a `Notice` when it first appears and again only when it
+//! changes (`Notice::revision`).
+//!
+//! A 404 is "no notice". Content that is not the documented shape is logged (path and an excerpt,
+//! once per distinct content) and ignored. An IMDS error backs that poller off with jitter and is
+//! counted in `Health` by kind; polling never stops until the token is cancelled or nobody listens.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::client::{Client, Error};
+use super::parse::{self, Parsed};
+use crate::config::ImdsConfig;
+use crate::metrics::Health;
+use crate::notice::Notice;
+use crate::retry::Backoff;
+
+/// The four notice paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Spot,
+    Lifecycle,
+    Rebalance,
+    Maintenance,
+}
+
+impl Source {
+    pub const ALL: [Source; 4] = [
+        Source::Spot,
+        Source::Lifecycle,
+        Source::Rebalance,
+        Source::Maintenance,
+    ];
+
+    /// The path under `latest/meta-data/`.
+    pub fn path(self) -> &'static str {
+        match self {
+            Source::Spot => "spot/instance-action",
+            Source::Lifecycle => "autoscaling/target-lifecycle-state",
+            Source::Rebalance => "events/recommendations/rebalance",
+            Source::Maintenance => "events/maintenance/scheduled",
+        }
+    }
+
+    /// What a 200 on this path announces. `now` stamps notices that carry no time of their own.
+    pub fn parse(self, body: &str, now: SystemTime) -> Parsed {
+        match self {
+            Source::Spot => Parsed::one(parse::spot(body)),
+            Source::Lifecycle => parse::lifecycle(body, now),
+            Source::Rebalance => Parsed::one(parse::rebalance(body)),
+            Source::Maintenance => parse::maintenance(body),
+        }
+    }
+}
+
+/// What one path has sent so far: notice id → revision last sent. Pure, so the "once, and again
+/// only when it changed" rule is tested without a server.
+#[derive(Debug, Default)]
+pub struct Sent {
+    revisions: HashMap<String, String>,
+}
+
+impl Sent {
+    /// The notices among `found` to send now: new ids, and known ids whose revision changed.
+    /// A notice that disappears and comes back unchanged is not sent again.
+    pub fn fresh(&mut self, found: Vec<Notice>) -> Vec<Notice> {
+        found
+            .into_iter()
+            .filter(|n| {
+                let revision = n.revision();
+                if self.revisions.get(&n.id()) == Some(&revision) {
+                    return false;
+                }
+                self.revisions.insert(n.id(), revision);
+                true
+            })
+            .collect()
+    }
+}
+
+/// Polling cadence: `interval` normally; after an error, jittered backoff from `interval` up to `cap`.
+#[derive(Debug, Clone, Copy)]
+pub struct Cadence {
+    pub interval: Duration,
+    pub backoff_cap: Duration,
+}
+
+impl Cadence {
+    /// Backs off to ten polls' worth, at most 10 s: with a spot notice's two minutes, a recovering
+    /// IMDS is still heard in time.
+    pub fn from_config(cfg: &ImdsConfig) -> Cadence {
+        let interval = cfg.poll_interval.max(Duration::from_millis(10));
+        Cadence {
+            interval,
+            backoff_cap: (interval * 10).min(Duration::from_secs(10)).max(interval),
+        }
+    }
+}
+
+/// Starts one poller per notice path on `tracker`; they end when `token` is cancelled or `tx` closes.
+pub fn spawn_pollers(
+    client: Arc<Client>,
+    cfg: &ImdsConfig,
+    tx: mpsc::Sender<Notice>,
+    token: CancellationToken,
+    tracker: &TaskTracker,
+    health: Arc<Health>,
+) {
+    let cadence = Cadence::from_config(cfg);
+    for source in Source::ALL {
+        tracker.spawn(poll(
+            source,
+            client.clone(),
+            cadence,
+            tx.clone(),
+            token.clone(),
+            health.clone(),
+        ));
+    }
+}
+
+/// Polls one path until `token` is cancelled or the receiver is gone.
+pub async fn poll(
+    source: Source,
+    client: Arc<Client>,
+    cadence: Cadence,
+    tx: mpsc::Sender<Notice>,
+    token: CancellationToken,
+    health: Arc<Health>,
+) {
+    let path = source.path();
+    let mut sent = Sent::default();
+    let mut backoff = Backoff::new(cadence.interval, cadence.backoff_cap);
+    let mut failures: u64 = 0;
+    let mut last_malformed: Option<String> = None;
+    let mut next = Instant::now();
+    tracing::debug!(path, interval = ?cadence.interval, "polling IMDS for notices");
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        let started = Instant::now();
+        let result = tokio::select! {
+            _ = token.cancelled() => return,
+            r = client.get(path) => r,
+        };
+        health.imds_poll_latency(started.elapsed());
+        let body = match result {
+            Ok(body) => body,
+            Err(e) => {
+                failures += 1;
+                health.error(e.kind());
+                log_failure(path, &e, failures);
+                next = Instant::now() + backoff.next_delay();
+                continue;
+            }
+        };
+        if failures > 0 {
+            tracing::info!(path, failures, "IMDS answers this path again");
+            failures = 0;
+        }
+        backoff.reset();
+        // Fixed cadence from the start of this poll; a poll slower than the interval starts the next
+        // one right away rather than piling up.
+        next = (started + cadence.interval).max(Instant::now());
+
+        let Some(body) = body else { continue };
+        let parsed = source.parse(&body, SystemTime::now());
+        if parsed.problems.is_empty() {
+            last_malformed = None;
+        } else {
+            for _ in &parsed.problems {
+                health.error("imds_malformed");
+            }
+            // Once per distinct content: a stuck garbage answer is not logged every second.
+            if last_malformed.as_deref() != Some(body.as_str()) {
+                for problem in &parsed.problems {
+                    tracing::warn!(
+                        path,
+                        content = %parse::excerpt(&body),
+                        "ignoring malformed IMDS content: {problem}"
+                    );
+                }
+                last_malformed = Some(body.clone());
+            }
+        }
+        for notice in sent.fresh(parsed.notices) {
+            tracing::info!(path, id = %notice.id(), revision = %notice.revision(), "IMDS notice");
+            tokio::select! {
+                _ = token.cancelled() => return,
+                r = tx.send(notice) => {
+                    if r.is_err() {
+                        tracing::debug!(path, "notice receiver gone; poller stops");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The first failure of a streak is a warning; the rest are debug (the client already says once that
+/// IMDS is unreachable, so that case stays at debug here).
+fn log_failure(path: &str, e: &Error, failures: u64) {
+    if failures == 1 && !matches!(e, Error::Unreachable { .. }) {
+        tracing::warn!(path, "IMDS poll failed, backing off: {e}");
+    } else {
+        tracing::debug!(path, failures, "IMDS poll failed: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notice::{MaintenanceCode, MaintenanceEvent, MaintenanceState, SpotAction};
+
+    fn at(unix: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(unix)
+    }
+
+    fn event(state: MaintenanceState) -> Notice {
+        Notice::Maintenance(MaintenanceEvent {
+            event_id: "instance-event-1".into(),
+            code: MaintenanceCode::SystemReboot,
+            not_before: at(1_548_061_243),
+            not_after: None,
+            state,
+            description: "scheduled reboot".into(),
+        })
+    }
+
+    #[test]
+    fn a_notice_is_sent_once_however_often_it_is_polled() {
+        let spot = Notice::Spot {
+            action: SpotAction::Terminate,
+            time: at(1_505_722_920),
+        };
+        let mut sent = Sent::default();
+        assert_eq!(sent.fresh(vec![spot.clone()]), vec![spot.clone()]);
+        for _ in 0..10 {
+            assert!(sent.fresh(vec![spot.clone()]).is_empty());
+        }
+        // Gone (404) and back unchanged: still not sent again.
+        assert!(sent.fresh(vec![]).is_empty());
+        assert!(sent.fresh(vec![spot]).is_empty());
+    }
+
+    #[test]
+    fn a_changed_spot_time_is_a_new_notice() {
+        let mut sent = Sent::default();
+        let first = Notice::Spot {
+            action: SpotAction::Stop,
+            time: at(100),
+        };
+        let second = Notice::Spot {
+            action: SpotAction::Terminate,
+            time: at(200),
+        };
+        assert_eq!(sent.fresh(vec![first]).len(), 1);
+        assert_eq!(sent.fresh(vec![second.clone()]), vec![second]);
+    }
+
+    #[test]
+    fn lifecycle_terminated_is_sent_once_though_seen_at_differs() {
+        let mut sent = Sent::default();
+        assert_eq!(
+            sent.fresh(vec![Notice::AutoScalingTerminated { seen_at: at(1) }])
+                .len(),
+            1
+        );
+        assert!(
+            sent.fresh(vec![Notice::AutoScalingTerminated { seen_at: at(2) }])
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn maintenance_canceled_is_sent_again_then_not_repeated() {
+        let mut sent = Sent::default();
+        assert_eq!(sent.fresh(vec![event(MaintenanceState::Active)]).len(), 1);
+        assert!(sent.fresh(vec![event(MaintenanceState::Active)]).is_empty());
+        assert_eq!(
+            sent.fresh(vec![event(MaintenanceState::Canceled)]),
+            vec![event(MaintenanceState::Canceled)]
+        );
+        assert!(
+            sent.fresh(vec![event(MaintenanceState::Canceled)])
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn every_source_has_its_documented_path() {
+        let paths: Vec<_> = Source::ALL.iter().map(|s| s.path()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spot/instance-action",
+                "autoscaling/target-lifecycle-state",
+                "events/recommendations/rebalance",
+                "events/maintenance/scheduled"
+            ]
+        );
+    }
+
+    #[test]
+    fn cadence_backs_off_at_most_ten_polls_and_ten_seconds() {
+        let c = Cadence::from_config(&ImdsConfig::default());
+        assert_eq!(c.interval, Duration::from_secs(1));
+        assert_eq!(c.backoff_cap, Duration::from_secs(10));
+        let c = Cadence::from_config(&ImdsConfig {
+            poll_interval: Duration::from_millis(100),
+            ..ImdsConfig::default()
+        });
+        assert_eq!(c.backoff_cap, Duration::from_secs(1));
+        let c = Cadence::from_config(&ImdsConfig {
+            poll_interval: Duration::from_secs(30),
+            ..ImdsConfig::default()
+        });
+        assert_eq!(c.backoff_cap, Duration::from_secs(30));
+    }
+}
