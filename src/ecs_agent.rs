@@ -73,12 +73,24 @@ pub struct AgentContainer {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("ECS agent introspection {url}: {source}")]
-    Request { url: String, source: reqwest::Error },
+    #[error("ECS agent introspection {url}: {reason}")]
+    Request { url: String, reason: String },
     #[error("ECS agent introspection {url}: HTTP {status}")]
     Status { url: String, status: u16 },
     #[error("ECS agent introspection {url}: unexpected JSON: {reason}")]
     Body { url: String, reason: String },
+}
+
+/// An error with its causes ("error sending request: … Connection refused").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
 }
 
 /// Introspection client. Cheap to clone.
@@ -110,17 +122,17 @@ impl Client {
             .get(&url)
             .send()
             .await
-            .map_err(|source| AgentError::Request {
+            .map_err(|e| AgentError::Request {
                 url: url.clone(),
-                source,
+                reason: chain(&e),
             })?;
         let status = resp.status().as_u16();
         if !resp.status().is_success() {
             return Err(AgentError::Status { url, status });
         }
-        let body = resp.bytes().await.map_err(|source| AgentError::Request {
+        let body = resp.bytes().await.map_err(|e| AgentError::Request {
             url: url.clone(),
-            source,
+            reason: chain(&e),
         })?;
         let de = &mut serde_json::Deserializer::from_slice(&body);
         serde_path_to_error::deserialize(de).map_err(|e| AgentError::Body {

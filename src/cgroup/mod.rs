@@ -331,7 +331,7 @@ impl ContainerCgroup {
     /// `read`, calling `before` with each file's path just before it is opened (tests use it to make
     /// a file vanish mid-read).
     fn read_observed(&self, mut before: impl FnMut(&Path)) -> Usage {
-        let mut buf = String::with_capacity(2048);
+        let mut buf = Vec::with_capacity(4096);
         let mut usage = Usage::default();
         match &self.files {
             Files::V2 {
@@ -421,7 +421,7 @@ fn working_set(
     current: Option<u64>,
     memory_stat: &Path,
     inactive_key: &str,
-    buf: &mut String,
+    buf: &mut Vec<u8>,
 ) -> Option<u64> {
     let current = current?;
     let text = read::file(memory_stat, buf)?;

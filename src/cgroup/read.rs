@@ -7,11 +7,19 @@ use std::path::Path;
 
 /// The file's contents in `buf` (reused between files to save an allocation per read). `None` when
 /// it cannot be read: vanished files are normal (trace), anything else is logged at debug.
-pub(super) fn file<'b>(path: &Path, buf: &'b mut String) -> Option<&'b str> {
+///
+/// Plain `read` calls into the reused buffer until end of file: `read_to_string` would add a statx
+/// and an lseek per file for its size hint, a third of the syscalls of a 200-container snapshot.
+pub(super) fn file<'b>(path: &Path, buf: &'b mut Vec<u8>) -> Option<&'b str> {
     buf.clear();
-    let result = std::fs::File::open(path).and_then(|mut f| f.read_to_string(buf));
-    match result {
-        Ok(_) => Some(buf.as_str()),
+    match fill(path, buf) {
+        Ok(()) => match std::str::from_utf8(buf) {
+            Ok(text) => Some(text),
+            Err(_) => {
+                tracing::debug!(path = %path.display(), "cgroup file is not text");
+                None
+            }
+        },
         // ENOENT for a removed file; ENODEV (and sometimes ESRCH) for a file of an rmdir'ed cgroup
         // that was still open or being walked when the container exited.
         Err(e) if vanished(&e) => {
@@ -25,6 +33,24 @@ pub(super) fn file<'b>(path: &Path, buf: &'b mut String) -> Option<&'b str> {
     }
 }
 
+fn fill(path: &Path, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut f = std::fs::File::open(path)?;
+    let mut len = 0;
+    loop {
+        if buf.len() - len < 512 {
+            buf.resize(buf.len().max(2048) * 2, 0);
+        }
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    Ok(())
+}
+
 fn vanished(e: &std::io::Error) -> bool {
     e.kind() == ErrorKind::NotFound
         || matches!(
@@ -34,7 +60,7 @@ fn vanished(e: &std::io::Error) -> bool {
 }
 
 /// A file holding one unsigned number and a newline.
-pub(super) fn single(path: &Path, buf: &mut String) -> Option<u64> {
+pub(super) fn single(path: &Path, buf: &mut Vec<u8>) -> Option<u64> {
     let text = file(path, buf)?;
     let value = text.trim().parse().ok();
     if value.is_none() {

@@ -547,3 +547,24 @@ fn serializes_for_status() {
     assert!(u["memory_current_bytes"].is_null());
     assert_eq!(serde_json::to_value(Layout::EcsTask).unwrap(), "ecs_task");
 }
+
+#[test]
+fn a_file_larger_than_the_read_buffer_is_read_whole() {
+    let t = tree();
+    fixture::v2_root(t.path()).unwrap();
+    let id = fixture::container_id(17);
+    let s = Sample::nth(17);
+    let dir = fixture::v2_container(t.path(), &format!("docker/{id}"), &s).unwrap();
+    let filler: String = (0..2000).map(|i| format!("filler_{i} {i}\n")).collect();
+    fs::write(
+        dir.join("memory.stat"),
+        format!("{filler}{}", fixture::v2_memory_stat(&s)),
+    )
+    .unwrap();
+    let u = Cgroups::detect(t.path())
+        .unwrap()
+        .container(&id, None)
+        .unwrap()
+        .read();
+    assert_eq!(u, expected(&s));
+}

@@ -56,8 +56,27 @@ mod tests {
     }
 }
 
+/// Reads containers' cgroups through `crate::cgroup` (hierarchy detected once, at construction).
+pub struct CgroupReader {
+    cgroups: crate::cgroup::Cgroups,
+}
+
+impl UsageReader for CgroupReader {
+    fn read(&self, container_id: &str, task_id: Option<&str>) -> Option<Usage> {
+        let u = self.cgroups.container(container_id, task_id)?.read();
+        Some(Usage {
+            cpu_usage_usec: u.cpu_usage_usec,
+            cpu_cores: None,
+            memory_bytes: u.memory_current_bytes,
+            working_set_bytes: u.memory_working_set_bytes,
+            throttled_usec: u.cpu_throttled_usec,
+        })
+    }
+}
+
 /// The reader for this host's cgroups under `host.cgroup_root`.
-pub fn default_reader(_cfg: &crate::config::Config) -> Result<Box<dyn UsageReader>, String> {
-    // Replaced by the cgroup-backed reader once `crate::cgroup` is on main.
-    Err("cgroup readers not in this build yet".into())
+pub fn default_reader(cfg: &crate::config::Config) -> Result<Box<dyn UsageReader>, String> {
+    crate::cgroup::Cgroups::detect(&cfg.host.cgroup_root)
+        .map(|cgroups| Box::new(CgroupReader { cgroups }) as Box<dyn UsageReader>)
+        .map_err(|e| e.to_string())
 }

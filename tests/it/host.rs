@@ -555,3 +555,85 @@ async fn introspection_fills_cluster_instance_arn_and_task_statuses() {
     tracker.close();
     tracker.wait().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_comes_from_the_containers_cgroups() {
+    let engine = require!(docker::connect().await, "docker");
+    let dir = tempfile::tempdir().unwrap();
+    let (spin_id, hold_id) = (unique("spin"), unique("hold"));
+    let spinner = ContainerSpec::new(&unique("spinner"), "while :; do :; done").ecs_task(
+        CLUSTER,
+        &arn(&spin_id),
+        "spin",
+        "1",
+        "app",
+    );
+    // 16 MiB in the container's /dev/shm (tmpfs pages are charged to its memory cgroup), then sleep.
+    let holder = ContainerSpec {
+        memory_bytes: Some(256 * MIB),
+        ..ContainerSpec::new(
+            &unique("holder"),
+            "head -c 16777216 /dev/zero > /dev/shm/held; sleep 3600",
+        )
+    }
+    .ecs_task(CLUSTER, &arn(&hold_id), "hold", "1", "app");
+    let _cleanup = Cleanup(vec![spinner.name.clone(), holder.name.clone()]);
+    require!(docker::start(&engine, &spinner).await, "docker");
+    require!(docker::start(&engine, &holder).await, "docker");
+
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let observer = Observer::start(config(dir.path(), None, None), token.clone(), &tracker).await;
+    let first = snapshot_where(&observer, Duration::from_secs(30), |s| {
+        task(s, &arn(&spin_id))
+            .is_some_and(|t| t.usage.as_ref().is_some_and(|u| u.cpu_usage_usec.is_some()))
+    })
+    .await
+    .expect("the spinner's cgroup is read");
+    let cpu0 = task(&first, &arn(&spin_id))
+        .unwrap()
+        .usage
+        .as_ref()
+        .unwrap()
+        .cpu_usage_usec
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second = observer.snapshot().await.unwrap();
+    let spin = task(&second, &arn(&spin_id))
+        .unwrap()
+        .usage
+        .clone()
+        .unwrap();
+    assert!(
+        spin.cpu_usage_usec.unwrap() > cpu0,
+        "CPU time rises while spinning"
+    );
+    assert!(
+        spin.cpu_cores.unwrap() > 0.05,
+        "a busy loop shows as CPU in use: {spin:?}"
+    );
+    let c = &task(&second, &arn(&spin_id)).unwrap().containers[0];
+    assert!(
+        c.usage.as_ref().unwrap().cpu_usage_usec.is_some(),
+        "per-container figures too"
+    );
+
+    let held = snapshot_where(&observer, Duration::from_secs(30), |s| {
+        task(s, &arn(&hold_id))
+            .and_then(|t| t.usage.as_ref())
+            .and_then(|u| u.memory_bytes)
+            .is_some_and(|b| b >= 16 * MIB as u64)
+    })
+    .await
+    .expect("the holder's 16 MiB show in its memory usage");
+    let u = held.usage.clone().expect("host usage summed over tasks");
+    assert!(u.memory_bytes.unwrap() >= 16 * MIB as u64);
+    assert!(
+        !held.unavailable.iter().any(|u| u.starts_with("usage")),
+        "{:?}",
+        held.unavailable
+    );
+    token.cancel();
+    tracker.close();
+    tracker.wait().await;
+}
