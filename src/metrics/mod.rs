@@ -1,6 +1,9 @@
 //! Where the figures go: stdout, a Prometheus endpoint on loopback, CloudWatch.
 
+pub mod cloudwatch;
+pub mod figures;
 pub mod health;
 pub mod prometheus;
 
+pub use figures::{HostFacts, HostFigures};
 pub use health::Health;

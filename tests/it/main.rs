@@ -8,4 +8,5 @@ mod foundation;
 mod host;
 mod imds;
 mod install;
+mod metrics;
 mod systemd_notify;

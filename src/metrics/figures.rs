@@ -1,0 +1,259 @@
+//! One host's published figures, and the table of metrics they become.
+//!
+//! `HostFigures` is plain data: the lead fills it from a `host::Snapshot`, the host's
+//! `capacity::HostReport` and the drain status (see [`HostFigures::from_host`]); the CloudWatch
+//! encoding (`cloudwatch::datums`) and the Prometheus exposition both read only this struct, so the
+//! two sinks can never disagree.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+/// The resource keys used in `*_by_resource` maps and in the `Resource` dimension/label.
+pub const RESOURCES: [&str; 5] = ["cpu", "memory", "ports", "ports_udp", "eni"];
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostFigures {
+    #[serde(with = "crate::report::rfc3339")]
+    pub at: SystemTime,
+    pub cluster: String,
+    pub instance_id: String,
+    pub autoscaling_group: Option<String>,
+    /// More copies of the largest task that fit here; `None` when unknown (no task shape, or nothing
+    /// the shape needs constrains this host). A draining host has 0.
+    pub spare_tasks: Option<u64>,
+    /// Copies of the largest task by one resource alone (keys from [`RESOURCES`]); only resources
+    /// that constrain this host are present.
+    pub spare_tasks_by_resource: BTreeMap<&'static str, u64>,
+    /// min over the resources the largest task needs of fits / max; a draining host has 0.
+    pub idle_fraction: Option<f64>,
+    pub idle_fraction_by_resource: BTreeMap<&'static str, f64>,
+    pub cpu_reserved_pct: Option<f64>,
+    pub memory_reserved_pct: Option<f64>,
+    pub cpu_used_pct: Option<f64>,
+    pub memory_used_pct: Option<f64>,
+    pub eni_attached: Option<u32>,
+    pub eni_limit: Option<u32>,
+    pub running_tasks: u32,
+    pub draining: bool,
+}
+
+/// What `from_host` needs besides the capacity figures: identity, usage, ENIs, tasks and drain state,
+/// as the lead has them from the `Snapshot` and the drain's `DrainStatus`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostFacts {
+    pub at: SystemTime,
+    pub cluster: String,
+    pub instance_id: String,
+    pub autoscaling_group: Option<String>,
+    /// CPU in use by ECS tasks, in cores (`Snapshot.usage.cpu_cores`).
+    pub cpu_used_cores: Option<f64>,
+    /// Memory in use by ECS tasks, in bytes (the working set: what the kernel cannot reclaim).
+    pub memory_used_bytes: Option<u64>,
+    pub eni_attached: Option<u32>,
+    pub eni_limit: Option<u32>,
+    pub running_tasks: u32,
+    pub draining: bool,
+}
+
+/// A metric as published: CloudWatch name and unit, Prometheus name, what it means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricDef {
+    pub name: &'static str,
+    /// CloudWatch `StandardUnit` string.
+    pub unit: &'static str,
+    pub prometheus: &'static str,
+    pub help: &'static str,
+    /// Also published once per resource with a `Resource` dimension (name + "ByResource").
+    pub by_resource: bool,
+}
+
+/// Every metric this daemon publishes. README.md "Metrics" documents the same table.
+pub const METRICS: [MetricDef; 12] = [
+    MetricDef {
+        name: "ContainerCapacity",
+        unit: "Count",
+        prometheus: "ecs_capacity_spare_tasks",
+        help: "More copies of the largest task that fit on this host (Sum over {ClusterName} = the cluster's ContainerCapacity).",
+        by_resource: true,
+    },
+    MetricDef {
+        name: "IdleHostCapacity",
+        unit: "None",
+        prometheus: "ecs_capacity_idle_fraction",
+        help: "Fraction of this host that is idle for the largest task (min over resources of fits/max; Sum over {ClusterName} = hosts that could go).",
+        by_resource: true,
+    },
+    MetricDef {
+        name: "CPUReservation",
+        unit: "Percent",
+        prometheus: "ecs_capacity_cpu_reserved_percent",
+        help: "CPU units reserved by running tasks, percent of registered.",
+        by_resource: false,
+    },
+    MetricDef {
+        name: "MemoryReservation",
+        unit: "Percent",
+        prometheus: "ecs_capacity_memory_reserved_percent",
+        help: "Memory reserved by running tasks, percent of registered.",
+        by_resource: false,
+    },
+    MetricDef {
+        name: "CPUUtilization",
+        unit: "Percent",
+        prometheus: "ecs_capacity_cpu_used_percent",
+        help: "CPU used by running tasks (cgroups), percent of registered.",
+        by_resource: false,
+    },
+    MetricDef {
+        name: "MemoryUtilization",
+        unit: "Percent",
+        prometheus: "ecs_capacity_memory_used_percent",
+        help: "Memory working set of running tasks (cgroups), percent of registered.",
+        by_resource: false,
+    },
+    MetricDef {
+        name: "ENIsAttached",
+        unit: "Count",
+        prometheus: "ecs_capacity_enis_attached",
+        help: "Network interfaces attached to this instance.",
+        by_resource: false,
+    },
+    MetricDef {
+        name: "ENILimit",
+        unit: "Count",
+        prometheus: "ecs_capacity_eni_limit",
+        help: "Network interfaces this instance type can attach.",
+        by_resource: false,
+    },
+    MetricDef {
+        name: "RunningTasks",
+        unit: "Count",
+        prometheus: "ecs_capacity_running_tasks",
+        help: "ECS tasks running on this host.",
+        by_resource: false,
+    },
+    MetricDef {
+        name: "Draining",
+        unit: "Count",
+        prometheus: "ecs_capacity_draining",
+        help: "1 while this host is draining, else 0.",
+        by_resource: false,
+    },
+    MetricDef {
+        name: "Hosts",
+        unit: "Count",
+        prometheus: "ecs_capacity_hosts",
+        help: "Always 1: Sum over {ClusterName} counts the hosts that published (a missing host shows here).",
+        by_resource: false,
+    },
+    MetricDef {
+        name: "AgentStarts",
+        unit: "Count",
+        prometheus: "ecs_capacity_agent_starts",
+        help: "1 when the daemon starts (sent by the CloudWatch startup check, never by a period).",
+        by_resource: false,
+    },
+];
+
+/// The definition of a metric by CloudWatch name.
+pub fn metric(name: &str) -> Option<&'static MetricDef> {
+    METRICS.iter().find(|m| m.name == name)
+}
+
+/// The value of each metric for this host, `None` when unknown (then nothing is published for it).
+/// Per-resource values are in [`HostFigures::by_resource`].
+impl HostFigures {
+    pub fn value(&self, name: &str) -> Option<f64> {
+        match name {
+            "ContainerCapacity" => self.spare_tasks.map(|v| v as f64),
+            "IdleHostCapacity" => self.idle_fraction,
+            "CPUReservation" => self.cpu_reserved_pct,
+            "MemoryReservation" => self.memory_reserved_pct,
+            "CPUUtilization" => self.cpu_used_pct,
+            "MemoryUtilization" => self.memory_used_pct,
+            "ENIsAttached" => self.eni_attached.map(f64::from),
+            "ENILimit" => self.eni_limit.map(f64::from),
+            "RunningTasks" => Some(f64::from(self.running_tasks)),
+            "Draining" => Some(if self.draining { 1.0 } else { 0.0 }),
+            "Hosts" => Some(1.0),
+            _ => None,
+        }
+    }
+
+    /// `(resource, value)` for a per-resource metric, in [`RESOURCES`] order.
+    pub fn by_resource(&self, name: &str) -> Vec<(&'static str, f64)> {
+        match name {
+            "ContainerCapacity" => RESOURCES
+                .iter()
+                .filter_map(|r| self.spare_tasks_by_resource.get(r).map(|v| (*r, *v as f64)))
+                .collect(),
+            "IdleHostCapacity" => RESOURCES
+                .iter()
+                .filter_map(|r| self.idle_fraction_by_resource.get(r).map(|v| (*r, *v)))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+fn pct(part: f64, whole: f64) -> Option<f64> {
+    (whole > 0.0 && part.is_finite()).then(|| part / whole * 100.0)
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+impl HostFigures {
+    /// The mapping from one host's capacity figures and facts to what is published.
+    ///
+    /// A draining host publishes 0 spare tasks and 0 idle fraction: ECS places nothing on a
+    /// DRAINING instance, so its room is not the cluster's, and it is already leaving, so counting it
+    /// idle would let the scale-in alarm remove a second host for the same room.
+    pub fn from_host(facts: HostFacts, report: &crate::capacity::HostReport) -> HostFigures {
+        let mut spare_tasks_by_resource = BTreeMap::new();
+        let mut idle_fraction_by_resource = BTreeMap::new();
+        for fit in report.by_resource() {
+            let key = fit.resource.key();
+            let (fits, idle) = if facts.draining {
+                (0, 0.0)
+            } else {
+                (fit.fits, fit.idle)
+            };
+            spare_tasks_by_resource.insert(key, fits);
+            idle_fraction_by_resource.insert(key, idle);
+        }
+        let (spare_tasks, idle_fraction) = if facts.draining {
+            (
+                report.spare_tasks.map(|_| 0),
+                report.idle_fraction.map(|_| 0.0),
+            )
+        } else {
+            (report.spare_tasks, report.idle_fraction)
+        };
+        let cpu = &report.per_resource.cpu;
+        let memory = &report.per_resource.memory;
+        HostFigures {
+            at: facts.at,
+            cluster: facts.cluster,
+            instance_id: facts.instance_id,
+            autoscaling_group: facts.autoscaling_group,
+            spare_tasks,
+            spare_tasks_by_resource,
+            idle_fraction,
+            idle_fraction_by_resource,
+            cpu_reserved_pct: pct(cpu.reserved as f64, cpu.registered as f64),
+            memory_reserved_pct: pct(memory.reserved as f64, memory.registered as f64),
+            cpu_used_pct: facts
+                .cpu_used_cores
+                .and_then(|cores| pct(cores * 1024.0, cpu.registered as f64)),
+            memory_used_pct: facts
+                .memory_used_bytes
+                .and_then(|b| pct(b as f64 / MIB, memory.registered as f64)),
+            eni_attached: facts.eni_attached,
+            eni_limit: facts.eni_limit,
+            running_tasks: facts.running_tasks,
+            draining: facts.draining,
+        }
+    }
+}

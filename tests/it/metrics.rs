@@ -1,0 +1,492 @@
+//! CloudWatch publishing end to end: the publisher → the CBOR↔JSON proxy (support/cloudwatch.rs) →
+//! moto, read back with GetMetricStatistics through the same SDK.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_cloudwatch::types::{Dimension, Statistic};
+use ecs_capacity_agent::capacity::{self, HostInput, Quantity, TaskShape};
+use ecs_capacity_agent::config::{CloudWatchConfig, Config};
+use ecs_capacity_agent::metrics::cloudwatch::{self, Publisher};
+use ecs_capacity_agent::metrics::{Health, HostFacts, HostFigures};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::require;
+use crate::support::cloudwatch::CloudWatchProxy;
+use crate::support::eventually;
+use crate::support::moto::Moto;
+
+const CLUSTER: &str = "metrics-test";
+
+fn shape() -> TaskShape {
+    TaskShape {
+        name: "web".into(),
+        cpu_units: 512,
+        memory_mib: 1024,
+        tcp_ports: BTreeSet::new(),
+        udp_ports: BTreeSet::new(),
+        awsvpc: false,
+    }
+}
+
+fn host(name: &str, cpu_reserved: u64, memory_reserved: u64) -> HostInput {
+    HostInput {
+        name: name.into(),
+        cpu_units: Quantity::new(2048, cpu_reserved),
+        memory_mib: Quantity::new(7680, memory_reserved),
+        taken_tcp_ports: BTreeSet::new(),
+        taken_udp_ports: BTreeSet::new(),
+        eni: None,
+    }
+}
+
+fn figures(report: &capacity::HostReport, running_tasks: u32) -> HostFigures {
+    HostFigures::from_host(
+        HostFacts {
+            at: SystemTime::now(),
+            cluster: CLUSTER.into(),
+            instance_id: report.name.clone(),
+            autoscaling_group: None,
+            cpu_used_cores: Some(0.25),
+            memory_used_bytes: Some(512 * 1024 * 1024),
+            eni_attached: Some(1),
+            eni_limit: Some(3),
+            running_tasks,
+            draining: false,
+        },
+        report,
+    )
+}
+
+fn cw_config(namespace: &str) -> CloudWatchConfig {
+    CloudWatchConfig {
+        namespace: namespace.into(),
+        asg_dimension: false,
+        buffer_periods: 30,
+    }
+}
+
+async fn peers() -> Result<(Moto, CloudWatchProxy), String> {
+    let moto = tokio::task::spawn_blocking(Moto::start)
+        .await
+        .map_err(|e| e.to_string())??;
+    let proxy = CloudWatchProxy::start(moto.url()).await;
+    Ok((moto, proxy))
+}
+
+struct Running {
+    token: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    figures: watch::Sender<Option<Arc<HostFigures>>>,
+    publish_now: Arc<Notify>,
+    health: Arc<Health>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.token.cancel();
+        let _ = self.task.await;
+    }
+}
+
+fn run_publisher(
+    sdk: &aws_config::SdkConfig,
+    namespace: &str,
+    interval: Duration,
+    f: HostFigures,
+) -> Running {
+    let health = Arc::new(Health::default());
+    let publisher = Publisher::new(
+        cloudwatch::client(sdk),
+        cw_config(namespace),
+        interval,
+        health.clone(),
+    );
+    let (tx, rx) = watch::channel(Some(Arc::new(f)));
+    let publish_now = Arc::new(Notify::new());
+    let token = CancellationToken::new();
+    let task = tokio::spawn(publisher.run(rx, publish_now.clone(), token.clone()));
+    Running {
+        token,
+        task,
+        figures: tx,
+        publish_now,
+        health,
+    }
+}
+
+fn dims(pairs: &[(&str, &str)]) -> Vec<Dimension> {
+    pairs
+        .iter()
+        .map(|(n, v)| Dimension::builder().name(*n).value(*v).build())
+        .collect()
+}
+
+/// `(timestamp secs, Sum, SampleCount)` of one metric from `from` to `to` in `period`-second
+/// buckets. moto includes datums stamped exactly `to`, so callers pass a `to` short of the next period.
+async fn statistics(
+    client: &aws_sdk_cloudwatch::Client,
+    namespace: &str,
+    metric: &str,
+    dimensions: Vec<Dimension>,
+    from: i64,
+    to: i64,
+    period: i32,
+) -> Vec<(i64, f64, f64)> {
+    let out = client
+        .get_metric_statistics()
+        .namespace(namespace)
+        .metric_name(metric)
+        .set_dimensions(Some(dimensions))
+        .start_time(aws_smithy_types::DateTime::from_secs(from))
+        .end_time(aws_smithy_types::DateTime::from_secs(to))
+        .period(period)
+        .statistics(Statistic::Sum)
+        .statistics(Statistic::SampleCount)
+        .send()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "GetMetricStatistics {metric}: {}",
+                aws_smithy_types::error::display::DisplayErrorContext(&e)
+            )
+        });
+    let mut points: Vec<_> = out
+        .datapoints()
+        .iter()
+        .map(|d| {
+            (
+                d.timestamp().map_or(0, |t| t.secs()),
+                d.sum().unwrap_or(f64::NAN),
+                d.sample_count().unwrap_or(f64::NAN),
+            )
+        })
+        .collect();
+    points.sort_by_key(|p| p.0);
+    points
+}
+
+/// Period timestamps → how many PutMetricData requests carried them.
+fn puts_by_period(proxy: &CloudWatchProxy) -> BTreeMap<i64, usize> {
+    let mut out = BTreeMap::new();
+    for p in proxy.period_puts() {
+        for t in p.timestamps.iter().collect::<BTreeSet<_>>() {
+            *out.entry(*t).or_default() += 1;
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_hosts_one_period_sum_is_the_clusters_container_capacity() {
+    let (_moto, proxy) = require!(peers().await, "moto");
+    let sdk = proxy.sdk_config().await;
+    let ns = "Test/Aggregate";
+    let hosts = vec![
+        host("i-000000000000000a1", 0, 0), // 4 by CPU, 7 by memory → 4
+        host("i-000000000000000a2", 1024, 1024), // 2 by CPU → 2
+        host("i-000000000000000a3", 1536, 7000), // 1 by CPU, 0 by memory → 0
+    ];
+    let report = capacity::compute(&hosts, &[shape()], 1.0);
+    assert_eq!(report.container_capacity, 6, "the state under test");
+    let interval = Duration::from_secs(2);
+    let running: Vec<_> = report
+        .hosts
+        .iter()
+        .map(|h| run_publisher(&sdk, ns, interval, figures(h, 3)))
+        .collect();
+
+    // A period every host has published.
+    let period = eventually(Duration::from_secs(60), || async {
+        puts_by_period(&proxy)
+            .into_iter()
+            .find(|(_, n)| *n == hosts.len())
+            .map(|(t, _)| t)
+    })
+    .await
+    .expect("all three hosts publish one common period");
+    for r in running {
+        r.stop().await;
+    }
+
+    let client = cloudwatch::client(&sdk);
+    let cluster = statistics(
+        &client,
+        ns,
+        "ContainerCapacity",
+        dims(&[("ClusterName", CLUSTER)]),
+        period,
+        period + 1,
+        2,
+    )
+    .await;
+    assert_eq!(
+        cluster,
+        vec![(period, report.container_capacity as f64, 3.0)],
+        "Sum over {{ClusterName}} for one period = ContainerCapacity from capacity::compute, one sample per host"
+    );
+    for h in &report.hosts {
+        let per_host = statistics(
+            &client,
+            ns,
+            "ContainerCapacity",
+            dims(&[("ClusterName", CLUSTER), ("InstanceId", &h.name)]),
+            period,
+            period + 1,
+            2,
+        )
+        .await;
+        assert_eq!(
+            per_host,
+            vec![(period, h.spare_tasks.unwrap() as f64, 1.0)],
+            "{}",
+            h.name
+        );
+    }
+    let by_memory = statistics(
+        &client,
+        ns,
+        "ContainerCapacityByResource",
+        dims(&[("ClusterName", CLUSTER), ("Resource", "memory")]),
+        period,
+        period + 1,
+        2,
+    )
+    .await;
+    assert_eq!(
+        by_memory,
+        vec![(
+            period,
+            report.per_resource.memory.unwrap().capacity as f64,
+            3.0
+        )]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_state_sends_exactly_one_put_per_interval_even_with_publish_now() {
+    let (_moto, proxy) = require!(peers().await, "moto");
+    let sdk = proxy.sdk_config().await;
+    let report = capacity::compute(&[host("i-0steady", 512, 512)], &[shape()], 1.0);
+    let r = run_publisher(
+        &sdk,
+        "Test/Steady",
+        Duration::from_secs(1),
+        figures(&report.hosts[0], 1),
+    );
+    eventually(Duration::from_secs(60), || async {
+        (proxy.period_puts().len() >= 2).then_some(())
+    })
+    .await
+    .expect("first periods published");
+    // Material changes: the first claims the next period early, the second finds it claimed.
+    r.publish_now.notify_one();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    r.publish_now.notify_one();
+    eventually(Duration::from_secs(60), || async {
+        (proxy.period_puts().len() >= 6).then_some(())
+    })
+    .await
+    .expect("more periods published");
+    r.stop().await;
+
+    let puts = proxy.period_puts();
+    for p in &puts {
+        let periods: BTreeSet<_> = p.timestamps.iter().collect();
+        assert_eq!(
+            periods.len(),
+            1,
+            "one period per request in steady state: {p:?}"
+        );
+    }
+    let by_period = puts_by_period(&proxy);
+    assert!(
+        by_period.values().all(|n| *n == 1),
+        "no period sent twice: {by_period:?}"
+    );
+    assert_eq!(by_period.len(), puts.len());
+    let first = *by_period.keys().next().unwrap();
+    let last = *by_period.keys().last().unwrap();
+    assert_eq!(
+        by_period.keys().copied().collect::<Vec<_>>(),
+        (first..=last).collect::<Vec<_>>(),
+        "one request for every interval, none skipped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_of_three_intervals_delivers_the_buffered_periods_after() {
+    let (_moto, mut proxy) = require!(peers().await, "moto");
+    let sdk = proxy.sdk_config().await;
+    let ns = "Test/Outage";
+    let report = capacity::compute(&[host("i-0outage", 0, 0)], &[shape()], 1.0);
+    let h = report.hosts[0].clone();
+    let r = run_publisher(&sdk, ns, Duration::from_secs(1), figures(&h, 0));
+    let health = r.health.clone();
+
+    // The observer: a new observation (running_tasks = its sequence number) every 100 ms, which
+    // the publisher must never hold up, outage or not.
+    let observing = CancellationToken::new();
+    let observer = {
+        let tx = r.figures.clone();
+        let stop = observing.clone();
+        let h = h.clone();
+        tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.is_cancelled() {
+                n += 1;
+                tx.send_replace(Some(Arc::new(figures(&h, n))));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            n
+        })
+    };
+
+    eventually(Duration::from_secs(60), || async {
+        (proxy.period_puts().len() >= 2).then_some(())
+    })
+    .await
+    .expect("published before the outage");
+    proxy.down().await;
+    let before = proxy.period_puts().len();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let unsent = r
+        .health
+        .errors()
+        .get("cloudwatch_unsent")
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        unsent >= 1,
+        "sends failed while down: {:?}",
+        r.health.errors()
+    );
+    proxy.up().await;
+    let caught_up = eventually(Duration::from_secs(60), || async {
+        let puts = proxy.period_puts();
+        puts[before..]
+            .iter()
+            .find(|p| p.timestamps.iter().collect::<BTreeSet<_>>().len() >= 3)
+            .cloned()
+    })
+    .await
+    .expect("the buffered periods arrive in one request after the outage");
+    eventually(Duration::from_secs(60), || async {
+        (proxy.period_puts().len() >= before + 3).then_some(())
+    })
+    .await
+    .expect("steady again");
+    r.stop().await;
+    observing.cancel();
+    let observations = observer.await.unwrap();
+    assert!(observations > 30, "observation kept going: {observations}");
+
+    let by_period = puts_by_period(&proxy);
+    assert!(
+        by_period.values().all(|n| *n == 1),
+        "nothing sent twice: {by_period:?}"
+    );
+    let first = *by_period.keys().next().unwrap();
+    let last = *by_period.keys().last().unwrap();
+    assert_eq!(
+        by_period.keys().copied().collect::<Vec<_>>(),
+        (first..=last).collect::<Vec<_>>(),
+        "no period lost"
+    );
+    assert_eq!(health.errors().get("cloudwatch_ambiguous"), None);
+    assert_eq!(health.errors().get("cloudwatch_dropped_period"), None);
+
+    // Read back: exactly one RunningTasks sample per period, and the periods sent late carry the
+    // observations made during the outage (rising sequence numbers), not one repeated value.
+    let client = cloudwatch::client(&sdk);
+    let points = statistics(
+        &client,
+        ns,
+        "RunningTasks",
+        dims(&[("ClusterName", CLUSTER), ("InstanceId", "i-0outage")]),
+        first,
+        last + 1,
+        1,
+    )
+    .await;
+    assert_eq!(
+        points.iter().map(|p| p.0).collect::<Vec<_>>(),
+        (first..=last).collect::<Vec<_>>()
+    );
+    assert!(points.iter().all(|p| p.2 == 1.0), "{points:?}");
+    let late: BTreeSet<i64> = caught_up.timestamps.iter().copied().collect();
+    let late_values: Vec<f64> = points
+        .iter()
+        .filter(|p| late.contains(&p.0))
+        .map(|p| p.1)
+        .collect();
+    assert!(
+        late_values.windows(2).all(|w| w[0] < w[1]),
+        "each buffered period kept the figures of its own time: {late_values:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_check_passes_and_fails_fast_with_a_clear_message() {
+    let (_moto, proxy) = require!(peers().await, "moto");
+    let sdk = proxy.sdk_config().await;
+    let mut cfg = Config::default();
+    cfg.agent.cluster = CLUSTER.into();
+    cfg.cloudwatch.namespace = "Test/Startup".into();
+
+    let ok = cloudwatch::start(&sdk, &cfg, Arc::new(Health::default())).await;
+    assert!(ok.is_ok(), "{:?}", ok.err());
+    assert!(proxy.puts().iter().any(|p| p.is_probe()));
+
+    proxy.deny(true);
+    let err = cloudwatch::start(&sdk, &cfg, Arc::new(Health::default()))
+        .await
+        .err()
+        .expect("denied")
+        .to_string();
+    assert!(
+        err.contains("denied cloudwatch:PutMetricData")
+            && err.contains("Test/Startup")
+            && err.contains("deploy/iam-policy.json"),
+        "{err}"
+    );
+    proxy.deny(false);
+
+    let no_region = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .build();
+    let err = cloudwatch::start(&no_region, &cfg, Arc::new(Health::default()))
+        .await
+        .err()
+        .expect("no region")
+        .to_string();
+    assert!(err.contains("no AWS region"), "{err}");
+
+    let no_credentials = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .build();
+    let err = cloudwatch::start(&no_credentials, &cfg, Arc::new(Health::default()))
+        .await
+        .err()
+        .expect("no credentials")
+        .to_string();
+    assert!(err.contains("no AWS credentials"), "{err}");
+
+    // Nothing listening where the endpoint should be: unreachable, said so with the region.
+    let mut down = CloudWatchProxy::start(_moto.url()).await;
+    let sdk_down = down.sdk_config().await;
+    down.down().await;
+    let err = cloudwatch::start(&sdk_down, &cfg, Arc::new(Health::default()))
+        .await
+        .err()
+        .expect("unreachable")
+        .to_string();
+    assert!(
+        err.contains("cannot be reached") && err.contains("us-east-1"),
+        "{err}"
+    );
+    let _ = UNIX_EPOCH;
+}
