@@ -51,6 +51,29 @@ pub enum Command {
         #[arg(value_name = "FILE", env = "ECS_CAPACITY_AGENT_CONFIG")]
         file: Option<PathBuf>,
     },
+    /// Drain this instance in ECS (DRAINING), as the daemon does on a notice. With --wait, follow
+    /// its tasks until they are gone (tasks remaining, elapsed, deadline).
+    Drain {
+        #[arg(long, short, env = "ECS_CAPACITY_AGENT_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Wait until the tasks are gone.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long (e.g. "10m"); the instance stays DRAINING.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// This instance's EC2 id (default: drain.instance_id).
+        #[arg(long, value_name = "ID")]
+        instance_id: Option<String>,
+    },
+    /// Return this instance to ACTIVE in ECS.
+    Activate {
+        #[arg(long, short, env = "ECS_CAPACITY_AGENT_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// This instance's EC2 id (default: drain.instance_id).
+        #[arg(long, value_name = "ID")]
+        instance_id: Option<String>,
+    },
     /// Capacity of a whole cluster with a per-host breakdown: live from ECS/EC2 with --cluster, or
     /// offline from the AWS CLI's own JSON output ("what if" with data you already have). Only ACTIVE
     /// container instances count.
@@ -158,6 +181,43 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             let loaded = load_config(config.as_deref())?;
             crate::logging::init(&loaded.config.log);
             runtime()?.block_on(crate::daemon::run(loaded, crate::daemon::shutdown_signal()))
+        }
+        Command::Drain {
+            config,
+            wait,
+            timeout,
+            instance_id,
+        } => {
+            let loaded = load_config(config.as_deref())?;
+            crate::logging::init(&loaded.config.log);
+            runtime()?.block_on(async {
+                let id = crate::drain::command::resolve_instance_id(
+                    instance_id.as_deref(),
+                    &loaded.config,
+                )
+                .await?;
+                let status =
+                    crate::drain::command::drain(&loaded.config, id, wait, timeout).await?;
+                println!("{}", status.summary());
+                Ok(())
+            })
+        }
+        Command::Activate {
+            config,
+            instance_id,
+        } => {
+            let loaded = load_config(config.as_deref())?;
+            crate::logging::init(&loaded.config.log);
+            runtime()?.block_on(async {
+                let id = crate::drain::command::resolve_instance_id(
+                    instance_id.as_deref(),
+                    &loaded.config,
+                )
+                .await?;
+                let status = crate::drain::command::activate(&loaded.config, id).await?;
+                println!("{}", status.summary());
+                Ok(())
+            })
         }
         Command::Cluster(args) => cluster(args),
         Command::Status { config, output } => {

@@ -169,6 +169,8 @@ pub struct DrainConfig {
     pub on_failure: FailureAction,
     /// Task families not waited for (daemon services keep running until the instance goes).
     pub ignore_families: Vec<String>,
+    /// This instance's EC2 id for `drain` / `activate`; read from IMDS when empty.
+    pub instance_id: String,
     /// Auto Scaling group and lifecycle hook; found via the API when empty.
     pub autoscaling_group: String,
     pub lifecycle_hook: String,
@@ -311,6 +313,7 @@ impl Default for DrainConfig {
             check_interval: Duration::from_secs(5),
             on_failure: FailureAction::Abandon,
             ignore_families: Vec::new(),
+            instance_id: String::new(),
             autoscaling_group: String::new(),
             lifecycle_hook: String::new(),
             drain_on_shutdown: false,
@@ -777,6 +780,29 @@ fn validate(c: &Config, sources: &BTreeMap<String, Source>) -> Result<(), Config
             format!("{ttl}s is not allowed: IMDSv2 accepts 1s to 6h"),
         ));
     }
+    let id = c.drain.instance_id.trim();
+    let looks_like_id =
+        id.starts_with("i-") && id.len() > 2 && id[2..].chars().all(|ch| ch.is_ascii_hexdigit());
+    if !id.is_empty() && !looks_like_id {
+        return Err(invalid(
+            "drain.instance_id",
+            format!(
+                "{id:?} is not an EC2 instance id (\"i-\" and hex digits, e.g. \"i-0abc1234def567890\")"
+            ),
+        ));
+    }
+    if c.drain.drain_on_shutdown && c.drain.shutdown_drain_timeout.is_zero() {
+        return Err(invalid(
+            "drain.shutdown_drain_timeout",
+            "must be longer than 0s when drain.drain_on_shutdown is on".into(),
+        ));
+    }
+    if c.drain.ignore_families.iter().any(|f| f.trim().is_empty()) {
+        return Err(invalid(
+            "drain.ignore_families",
+            "lists an empty family name".into(),
+        ));
+    }
     if !c.agent.state_dir.is_absolute() {
         return Err(invalid(
             "agent.state_dir",
@@ -1003,6 +1029,30 @@ mod tests {
             err.contains("cloudwatch.namespace") && err.contains("AWS/"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn drain_keys_are_validated_by_name() {
+        let err = load_text("[drain]\ninstance_id = \"web-1\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("drain.instance_id") && err.contains("web-1"),
+            "{err}"
+        );
+        let ok = load_text("[drain]\ninstance_id = \"i-0abc1234def567890\"\n", &[]).unwrap();
+        assert_eq!(ok.config.drain.instance_id, "i-0abc1234def567890");
+        let err = load_text(
+            "[drain]\ndrain_on_shutdown = true\nshutdown_drain_timeout = \"0s\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("drain.shutdown_drain_timeout"), "{err}");
+        let err = load_text("[drain]\non_spot = \"ignore\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("on_spot") || err.contains("ignore"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod support;
 
 mod cgroup_real;
 mod cluster;
+mod drain;
 mod foundation;
 mod host;
 mod imds;

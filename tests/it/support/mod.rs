@@ -8,6 +8,7 @@
 pub mod cloudwatch;
 pub mod docker;
 pub mod imds;
+pub mod lifecycle;
 pub mod logs;
 pub mod moto;
 

@@ -1,0 +1,449 @@
+//! The drain's effects on AWS, for this instance only: its ECS container instance state, its task
+//! count, and its Auto Scaling lifecycle action.
+
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use aws_config::retry::RetryConfig;
+use aws_sdk_ecs::types::ContainerInstanceStatus;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use futures_util::future::BoxFuture;
+use tokio::sync::{OnceCell, watch};
+
+use super::Effects;
+use super::machine::{Failure, FailureKind, Hook, LifecycleResult};
+
+/// Auto Scaling's default HeartbeatTimeout when a hook does not say (3600 s).
+const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3600);
+const TERMINATING: &str = "autoscaling:EC2_INSTANCE_TERMINATING";
+
+/// Which instance the effects act on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Target {
+    pub cluster: String,
+    /// EC2 instance id (`i-…`).
+    pub instance_id: String,
+    /// Found through ECS (ListContainerInstances by ec2InstanceId) when `None`.
+    pub container_instance_arn: Option<String>,
+    /// Found through DescribeAutoScalingInstances when `None`.
+    pub autoscaling_group: Option<String>,
+    /// The terminating hook of the group found through DescribeLifecycleHooks when `None`.
+    pub lifecycle_hook: Option<String>,
+}
+
+impl Target {
+    /// `drain.autoscaling_group` / `drain.lifecycle_hook` with "" meaning "find it".
+    pub fn from_config(cfg: &crate::config::Config, instance_id: String) -> Target {
+        let non_empty = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
+        Target {
+            cluster: cfg.agent.cluster.clone(),
+            instance_id,
+            container_instance_arn: None,
+            autoscaling_group: non_empty(&cfg.drain.autoscaling_group),
+            lifecycle_hook: non_empty(&cfg.drain.lifecycle_hook),
+        }
+    }
+}
+
+pub struct AwsEffects {
+    ecs: aws_sdk_ecs::Client,
+    autoscaling: aws_sdk_autoscaling::Client,
+    target: Target,
+    arn: OnceCell<String>,
+    local_tasks: Option<watch::Receiver<Option<Vec<String>>>>,
+    ignore_families: Vec<String>,
+}
+
+impl AwsEffects {
+    pub fn new(sdk: &SdkConfig, target: Target) -> AwsEffects {
+        let arn = OnceCell::new_with(target.container_instance_arn.clone());
+        AwsEffects {
+            ecs: aws_sdk_ecs::Client::new(sdk),
+            autoscaling: aws_sdk_autoscaling::Client::new(sdk),
+            target,
+            arn,
+            local_tasks: None,
+            ignore_families: Vec::new(),
+        }
+    }
+
+    /// Families of the ECS tasks running per the local Docker engine (`None` = unknown). A drain
+    /// ends only when ECS and Docker both say the tasks are gone.
+    pub fn with_local_tasks(mut self, rx: watch::Receiver<Option<Vec<String>>>) -> AwsEffects {
+        self.local_tasks = Some(rx);
+        self
+    }
+
+    /// Task families not waited for (`drain.ignore_families`: daemon services).
+    pub fn with_ignored_families(mut self, families: Vec<String>) -> AwsEffects {
+        self.ignore_families = families;
+        self
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// This instance's container instance ARN, looked up once.
+    pub async fn container_instance_arn(&self) -> Result<String, Failure> {
+        self.arn
+            .get_or_try_init(|| self.find_container_instance())
+            .await
+            .cloned()
+    }
+
+    async fn find_container_instance(&self) -> Result<String, Failure> {
+        let t = &self.target;
+        let mut arns = Vec::new();
+        let mut pages = self
+            .ecs
+            .list_container_instances()
+            .cluster(&t.cluster)
+            .filter(format!("ec2InstanceId == {}", t.instance_id))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("ListContainerInstances", &e, true))?;
+            arns.extend(page.container_instance_arns.unwrap_or_default());
+        }
+        // The filter is applied by ECS; confirming the instance id guards against an endpoint that
+        // ignores it (and costs one call, once).
+        for chunk in arns.chunks(100) {
+            let out = self
+                .ecs
+                .describe_container_instances()
+                .cluster(&t.cluster)
+                .set_container_instances(Some(chunk.to_vec()))
+                .send()
+                .await
+                .map_err(|e| classify("DescribeContainerInstances", &e, true))?;
+            for ci in out.container_instances.unwrap_or_default() {
+                if ci.ec2_instance_id.as_deref() == Some(t.instance_id.as_str())
+                    && let Some(arn) = ci.container_instance_arn
+                {
+                    tracing::info!(container_instance = %arn, instance_id = %t.instance_id, "found this instance in ECS");
+                    return Ok(arn);
+                }
+            }
+        }
+        Err(Failure::new(
+            FailureKind::Permanent,
+            format!(
+                "no container instance for EC2 instance {} in cluster {:?} (is the ECS agent registered to this cluster?)",
+                t.instance_id, t.cluster
+            ),
+        ))
+    }
+
+    async fn ecs_remaining(&self) -> Result<u32, Failure> {
+        let arn = self.container_instance_arn().await?;
+        let cluster = &self.target.cluster;
+        if self.ignore_families.is_empty() {
+            let out = self
+                .ecs
+                .describe_container_instances()
+                .cluster(cluster)
+                .container_instances(&arn)
+                .send()
+                .await
+                .map_err(|e| classify("DescribeContainerInstances", &e, true))?;
+            let ci = out
+                .container_instances
+                .unwrap_or_default()
+                .into_iter()
+                .next()
+                .ok_or_else(|| {
+                    Failure::new(
+                        FailureKind::Permanent,
+                        format!("container instance {arn} is not in cluster {cluster:?}"),
+                    )
+                })?;
+            return Ok((ci.running_tasks_count + ci.pending_tasks_count).max(0) as u32);
+        }
+        // Ignored families need the tasks themselves, not only the count.
+        let mut task_arns = Vec::new();
+        let mut pages = self
+            .ecs
+            .list_tasks()
+            .cluster(cluster)
+            .container_instance(&arn)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("ListTasks", &e, true))?;
+            task_arns.extend(page.task_arns.unwrap_or_default());
+        }
+        let mut count = 0;
+        for chunk in task_arns.chunks(100) {
+            let out = self
+                .ecs
+                .describe_tasks()
+                .cluster(cluster)
+                .set_tasks(Some(chunk.to_vec()))
+                .send()
+                .await
+                .map_err(|e| classify("DescribeTasks", &e, true))?;
+            count += out
+                .tasks
+                .unwrap_or_default()
+                .iter()
+                .filter(|t| t.last_status.as_deref() != Some("STOPPED"))
+                .filter(|t| {
+                    let family = t.task_definition_arn.as_deref().map(family_of);
+                    !family.is_some_and(|f| self.ignored(f))
+                })
+                .count() as u32;
+        }
+        Ok(count)
+    }
+
+    fn ignored(&self, family: &str) -> bool {
+        self.ignore_families.iter().any(|f| f == family)
+    }
+
+    /// Tasks the local Docker engine still runs, not counting ignored families; `None` when unknown.
+    fn local_remaining(&self) -> Option<u32> {
+        let rx = self.local_tasks.as_ref()?;
+        let families = rx.borrow().clone()?;
+        Some(families.iter().filter(|f| !self.ignored(f)).count() as u32)
+    }
+
+    async fn find_hook_inner(&self) -> Result<Option<Hook>, Failure> {
+        let t = &self.target;
+        let group = match &t.autoscaling_group {
+            Some(g) => g.clone(),
+            None => {
+                let out = self
+                    .autoscaling
+                    .describe_auto_scaling_instances()
+                    .instance_ids(&t.instance_id)
+                    .send()
+                    .await
+                    .map_err(|e| classify("DescribeAutoScalingInstances", &e, true))?;
+                match out
+                    .auto_scaling_instances
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|i| i.instance_id.as_deref() == Some(t.instance_id.as_str()))
+                    .and_then(|i| i.auto_scaling_group_name)
+                {
+                    Some(g) => g,
+                    None => {
+                        tracing::warn!(instance_id = %t.instance_id, "this instance is in no Auto Scaling group");
+                        return Ok(None);
+                    }
+                }
+            }
+        };
+        let mut req = self
+            .autoscaling
+            .describe_lifecycle_hooks()
+            .auto_scaling_group_name(&group);
+        if let Some(h) = &t.lifecycle_hook {
+            req = req.lifecycle_hook_names(h);
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| classify("DescribeLifecycleHooks", &e, true))?;
+        let hooks: Vec<_> = out
+            .lifecycle_hooks
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|h| h.lifecycle_transition.as_deref() == Some(TERMINATING))
+            .collect();
+        if hooks.len() > 1 {
+            tracing::warn!(
+                group,
+                count = hooks.len(),
+                "several terminating hooks: using the first; set drain.lifecycle_hook to choose"
+            );
+        }
+        let Some(h) = hooks.into_iter().next() else {
+            if let Some(name) = &t.lifecycle_hook {
+                return Err(Failure::new(
+                    FailureKind::Permanent,
+                    format!(
+                        "group {group} has no terminating lifecycle hook named {name:?} (drain.lifecycle_hook)"
+                    ),
+                ));
+            }
+            return Ok(None);
+        };
+        Ok(Some(Hook {
+            group,
+            name: h.lifecycle_hook_name.unwrap_or_default(),
+            heartbeat_timeout: h
+                .heartbeat_timeout
+                .filter(|s| *s > 0)
+                .map(|s| Duration::from_secs(s as u64))
+                .unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT),
+        }))
+    }
+}
+
+/// `arn:aws:ecs:…:task-definition/web:3` → `web`.
+fn family_of(task_definition_arn: &str) -> &str {
+    let name = task_definition_arn
+        .rsplit_once('/')
+        .map(|(_, n)| n)
+        .unwrap_or(task_definition_arn);
+    name.split_once(':').map(|(f, _)| f).unwrap_or(name)
+}
+
+impl Effects for AwsEffects {
+    fn set_draining(&self, draining: bool) -> BoxFuture<'_, Result<(), Failure>> {
+        Box::pin(async move {
+            let arn = self.container_instance_arn().await?;
+            let status = if draining {
+                ContainerInstanceStatus::Draining
+            } else {
+                ContainerInstanceStatus::Active
+            };
+            let out = self
+                .ecs
+                .update_container_instances_state()
+                .cluster(&self.target.cluster)
+                .container_instances(&arn)
+                .status(status)
+                .send()
+                .await
+                .map_err(|e| classify("UpdateContainerInstancesState", &e, true))?;
+            if let Some(f) = out.failures.unwrap_or_default().into_iter().next() {
+                return Err(Failure::new(
+                    FailureKind::Permanent,
+                    format!(
+                        "UpdateContainerInstancesState {arn}: {} {}",
+                        f.reason.unwrap_or_default(),
+                        f.detail.unwrap_or_default()
+                    ),
+                ));
+            }
+            Ok(())
+        })
+    }
+
+    fn remaining_tasks(&self) -> BoxFuture<'_, Result<u32, Failure>> {
+        Box::pin(async move {
+            let ecs = self.ecs_remaining().await?;
+            let local = self.local_remaining();
+            if let Some(local) = local
+                && local != ecs
+            {
+                tracing::debug!(
+                    ecs,
+                    local,
+                    "ECS and Docker disagree on the remaining tasks: waiting for both"
+                );
+            }
+            Ok(ecs.max(local.unwrap_or(0)))
+        })
+    }
+
+    fn find_hook(&self) -> BoxFuture<'_, Result<Option<Hook>, Failure>> {
+        Box::pin(self.find_hook_inner())
+    }
+
+    fn heartbeat<'a>(&'a self, hook: &'a Hook) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            self.autoscaling
+                .record_lifecycle_action_heartbeat()
+                .auto_scaling_group_name(&hook.group)
+                .lifecycle_hook_name(&hook.name)
+                .instance_id(&self.target.instance_id)
+                .send()
+                .await
+                .map_err(|e| classify("RecordLifecycleActionHeartbeat", &e, true))?;
+            tracing::debug!(hook = %hook.name, "lifecycle heartbeat recorded");
+            Ok(())
+        })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        hook: &'a Hook,
+        result: LifecycleResult,
+    ) -> BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(async move {
+            self.autoscaling
+                .complete_lifecycle_action()
+                .auto_scaling_group_name(&hook.group)
+                .lifecycle_hook_name(&hook.name)
+                .instance_id(&self.target.instance_id)
+                .lifecycle_action_result(result.as_str())
+                .customize()
+                // At most once: a retried attempt could complete the action a second time.
+                .config_override(
+                    aws_sdk_autoscaling::config::Builder::default()
+                        .retry_config(RetryConfig::disabled()),
+                )
+                .send()
+                .await
+                .map_err(|e| classify("CompleteLifecycleAction", &e, false))?;
+            Ok(())
+        })
+    }
+}
+
+/// SDK error → failure kind. A service error with a response was processed by AWS: throttling and
+/// 5xx were not applied (transient), anything else is permanent. Without a response (timeout, lost
+/// connection) the call may have been applied: transient for idempotent calls, unknown otherwise.
+fn classify<E>(op: &str, e: &SdkError<E, HttpResponse>, idempotent: bool) -> Failure
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let message = format!("{op}: {}", crate::aws::display_error(e));
+    let kind = match e {
+        SdkError::ServiceError(ctx) => {
+            let status = ctx.raw().status().as_u16();
+            let throttled = matches!(
+                ctx.err().code(),
+                Some(
+                    "Throttling"
+                        | "ThrottlingException"
+                        | "RequestLimitExceeded"
+                        | "TooManyRequestsException"
+                        | "ServerException"
+                )
+            );
+            if throttled || crate::retry::classify_status(status) == crate::retry::Class::Transient
+            {
+                FailureKind::Transient
+            } else {
+                FailureKind::Permanent
+            }
+        }
+        SdkError::ConstructionFailure(_) => FailureKind::Permanent,
+        _ if idempotent => FailureKind::Transient,
+        _ => FailureKind::Unknown,
+    };
+    Failure::new(kind, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn family_is_the_name_before_the_revision() {
+        assert_eq!(
+            family_of("arn:aws:ecs:us-east-1:123456789012:task-definition/web:3"),
+            "web"
+        );
+        assert_eq!(family_of("web:3"), "web");
+        assert_eq!(family_of("web"), "web");
+    }
+
+    #[test]
+    fn global_timeout_is_100_heartbeats_or_48_hours() {
+        let hook = |s| Hook {
+            group: "g".into(),
+            name: "h".into(),
+            heartbeat_timeout: Duration::from_secs(s),
+        };
+        assert_eq!(hook(300).global_timeout(), Duration::from_secs(30_000));
+        assert_eq!(hook(7200).global_timeout(), Duration::from_secs(48 * 3600));
+    }
+}

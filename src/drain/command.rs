@@ -1,0 +1,147 @@
+//! The operator commands `drain [--wait] [--timeout D]` and `activate`: the same machine and state as
+//! the daemon (so a running daemon sees what the operator did, and the other way round).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{AwsEffects, Command, Done, DrainStatus, Input, Runner, Settings, Store, Target};
+use crate::config::Config;
+use crate::error::Error;
+use crate::metrics::Health;
+
+/// The instance id from `--instance-id`, else `drain.instance_id`, else IMDS.
+pub async fn resolve_instance_id(flag: Option<&str>, cfg: &Config) -> Result<String, Error> {
+    match instance_id(flag, cfg) {
+        Err(Error::Input(_)) if flag.is_none() && cfg.drain.instance_id.trim().is_empty() => {
+            let client = crate::imds::client::Client::new(&cfg.imds)
+                .map_err(|e| Error::Unavailable(format!("IMDS: {e}")))?;
+            client.instance_id().await.map_err(|e| {
+                Error::Unavailable(format!(
+                    "cannot read the instance id from IMDS ({e}); pass --instance-id i-… or set drain.instance_id"
+                ))
+            })
+        }
+        other => other,
+    }
+}
+
+/// The instance id from `--instance-id`, else `drain.instance_id`.
+pub fn instance_id(flag: Option<&str>, cfg: &Config) -> Result<String, Error> {
+    let id = flag
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .or_else(|| Some(cfg.drain.instance_id.trim()).filter(|s| !s.is_empty()));
+    match id {
+        Some(id) if id.starts_with("i-") => Ok(id.to_string()),
+        Some(id) => Err(Error::Input(format!(
+            "{id:?} is not an EC2 instance id (i-…)"
+        ))),
+        None => Err(Error::Input(
+            "which instance? pass --instance-id i-… or set drain.instance_id".into(),
+        )),
+    }
+}
+
+async fn runner(cfg: &Config, instance_id: String) -> Result<Runner, Error> {
+    let store = Store::open(&cfg.agent.state_dir)
+        .map_err(|e| Error::Unavailable(format!("{e} (is agent.state_dir writable?)")))?;
+    let sdk = crate::aws::sdk_config().await;
+    let effects = AwsEffects::new(&sdk, Target::from_config(cfg, instance_id))
+        .with_ignored_families(cfg.drain.ignore_families.clone());
+    let (runner, _handles) = Runner::new(
+        Settings::from_config(&cfg.drain),
+        store,
+        effects,
+        Arc::new(Health::default()),
+    );
+    Ok(runner)
+}
+
+fn failures(done: &[Done]) -> Vec<String> {
+    done.iter()
+        .filter_map(|d| match d {
+            Done::SetDraining(Err(f)) | Done::SetActive(Err(f)) => Some(f.message.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Sets this instance DRAINING; with `wait`, follows its tasks until they are gone or `timeout`.
+pub async fn drain(
+    cfg: &Config,
+    instance_id: String,
+    wait: bool,
+    timeout: Option<Duration>,
+) -> Result<DrainStatus, Error> {
+    let runner = runner(cfg, instance_id).await?;
+    let done = runner.apply(Input::Command(Command::Drain)).await;
+    if let Some(e) = failures(&done).into_iter().next() {
+        return Err(Error::Unavailable(format!("cannot drain: {e}")));
+    }
+    let status = runner
+        .status()
+        .map_err(|e| Error::Unavailable(e.to_string()))?;
+    if let DrainStatus::Failed { error, .. } = &status {
+        return Err(Error::Unavailable(format!("drain failed: {error}")));
+    }
+    eprintln!("{}", status.summary());
+    if !wait {
+        return Ok(status);
+    }
+    let start = Instant::now();
+    let status = runner
+        .wait_drained(timeout, |s| {
+            if let DrainStatus::Draining {
+                tasks_remaining,
+                deadline,
+                ..
+            } = s
+            {
+                eprintln!(
+                    "tasks remaining: {}, elapsed: {}s, deadline: {}",
+                    tasks_remaining
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|| "?".into()),
+                    start.elapsed().as_secs(),
+                    deadline
+                        .map(|d| humantime::format_rfc3339_seconds(d).to_string())
+                        .unwrap_or_else(|| "none".into())
+                );
+            }
+        })
+        .await;
+    match &status {
+        DrainStatus::Draining {
+            tasks_remaining, ..
+        } => Err(Error::Unavailable(format!(
+            "timed out after {}s with {} task(s) remaining; the instance stays DRAINING",
+            start.elapsed().as_secs(),
+            tasks_remaining
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "?".into())
+        ))),
+        DrainStatus::Failed { error, .. } => {
+            Err(Error::Unavailable(format!("drain failed: {error}")))
+        }
+        _ => Ok(status),
+    }
+}
+
+/// Returns this instance to ACTIVE.
+pub async fn activate(cfg: &Config, instance_id: String) -> Result<DrainStatus, Error> {
+    let runner = runner(cfg, instance_id).await?;
+    let done = runner.apply(Input::Command(Command::Activate)).await;
+    if let Some(e) = failures(&done).into_iter().next() {
+        return Err(Error::Unavailable(format!("cannot activate: {e}")));
+    }
+    let status = runner
+        .status()
+        .map_err(|e| Error::Unavailable(e.to_string()))?;
+    if status.is_draining() {
+        return Err(Error::Unavailable(format!(
+            "not activated: {}",
+            status.summary()
+        )));
+    }
+    Ok(status)
+}

@@ -1,0 +1,495 @@
+//! Self-drain: reacts to interruption notices by draining this container instance in ECS, waits for
+//! its tasks to go, keeps a pending Auto Scaling lifecycle action alive and completes it once.
+//!
+//! - `machine`: the pure state machine (notices, ticks and effect outcomes in; effects and state out).
+//! - `state`: the persisted state (atomic writes, flock against a second writer).
+//! - `actions`: the effects on AWS (ECS, Auto Scaling).
+//! - this module: the `Runner` that feeds the machine and performs its effects, the status it
+//!   publishes, and the drain-before-shutdown helper.
+
+pub mod actions;
+pub mod command;
+pub mod machine;
+pub mod state;
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::future::BoxFuture;
+use serde::{Serialize, Serializer};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+pub use actions::{AwsEffects, Target};
+pub use machine::{
+    Command, Done, Effect, Failure, FailureKind, Hook, Input, Level, Lifecycle, LifecycleResult,
+    Phase, Settings, State,
+};
+pub use state::{StateError, Store};
+
+use crate::metrics::Health;
+use crate::notice::Notice;
+
+/// What the drain does on AWS. Implemented by `AwsEffects`; tests substitute their own.
+pub trait Effects: Send + Sync + 'static {
+    /// UpdateContainerInstancesState DRAINING (`true`) or ACTIVE (`false`); idempotent.
+    fn set_draining(&self, draining: bool) -> BoxFuture<'_, Result<(), Failure>>;
+    /// Tasks still to wait for on this instance.
+    fn remaining_tasks(&self) -> BoxFuture<'_, Result<u32, Failure>>;
+    /// The terminating lifecycle hook of this instance's group; `None` when there is none.
+    fn find_hook(&self) -> BoxFuture<'_, Result<Option<Hook>, Failure>>;
+    fn heartbeat<'a>(&'a self, hook: &'a Hook) -> BoxFuture<'a, Result<(), Failure>>;
+    /// CompleteLifecycleAction, sent once (no retries below this call).
+    fn complete<'a>(
+        &'a self,
+        hook: &'a Hook,
+        result: LifecycleResult,
+    ) -> BoxFuture<'a, Result<(), Failure>>;
+}
+
+impl<T: Effects + ?Sized> Effects for Arc<T> {
+    fn set_draining(&self, draining: bool) -> BoxFuture<'_, Result<(), Failure>> {
+        (**self).set_draining(draining)
+    }
+    fn remaining_tasks(&self) -> BoxFuture<'_, Result<u32, Failure>> {
+        (**self).remaining_tasks()
+    }
+    fn find_hook(&self) -> BoxFuture<'_, Result<Option<Hook>, Failure>> {
+        (**self).find_hook()
+    }
+    fn heartbeat<'a>(&'a self, hook: &'a Hook) -> BoxFuture<'a, Result<(), Failure>> {
+        (**self).heartbeat(hook)
+    }
+    fn complete<'a>(
+        &'a self,
+        hook: &'a Hook,
+        result: LifecycleResult,
+    ) -> BoxFuture<'a, Result<(), Failure>> {
+        (**self).complete(hook, result)
+    }
+}
+
+/// The drain as `status`, metrics and Prometheus show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum DrainStatus {
+    Idle {
+        /// Scheduled maintenance that will start a drain.
+        scheduled: Vec<ScheduledStatus>,
+    },
+    Draining {
+        #[serde(serialize_with = "rfc3339")]
+        since: SystemTime,
+        reason: String,
+        tasks_remaining: Option<u32>,
+        #[serde(serialize_with = "rfc3339_opt")]
+        deadline: Option<SystemTime>,
+        lifecycle: String,
+    },
+    Drained {
+        #[serde(serialize_with = "rfc3339")]
+        since: SystemTime,
+        #[serde(serialize_with = "rfc3339")]
+        at: SystemTime,
+        reason: String,
+        /// The deadline ended the wait, not the tasks.
+        forced: bool,
+        lifecycle: String,
+    },
+    Failed {
+        #[serde(serialize_with = "rfc3339")]
+        since: SystemTime,
+        #[serde(serialize_with = "rfc3339")]
+        at: SystemTime,
+        reason: String,
+        error: String,
+        lifecycle: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScheduledStatus {
+    pub event_id: String,
+    pub code: String,
+    #[serde(serialize_with = "rfc3339")]
+    pub not_before: SystemTime,
+    #[serde(serialize_with = "rfc3339")]
+    pub drain_at: SystemTime,
+}
+
+fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_rfc3339_seconds(*t).to_string())
+}
+
+fn rfc3339_opt<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => rfc3339(t, s),
+        None => s.serialize_none(),
+    }
+}
+
+fn lifecycle_text(l: &Lifecycle) -> String {
+    match l {
+        Lifecycle::None => "none".into(),
+        Lifecycle::Finding { .. } => "finding hook".into(),
+        Lifecycle::NoHook => "no hook".into(),
+        Lifecycle::Pending { hook, .. } => format!("pending ({}/{})", hook.group, hook.name),
+        Lifecycle::Completing { result, .. } => format!("completing {}", result.as_str()),
+        Lifecycle::Completed { result, .. } => format!("completed {}", result.as_str()),
+        Lifecycle::Uncertain { result, why, .. } => {
+            format!("{} not confirmed: {why}", result.as_str())
+        }
+    }
+}
+
+impl DrainStatus {
+    pub fn from_state(s: &State) -> DrainStatus {
+        match &s.phase {
+            Phase::Active => DrainStatus::Idle {
+                scheduled: s
+                    .scheduled
+                    .iter()
+                    .map(|(id, e)| ScheduledStatus {
+                        event_id: id.clone(),
+                        code: e.code.clone(),
+                        not_before: e.not_before,
+                        drain_at: e.drain_at,
+                    })
+                    .collect(),
+            },
+            Phase::Draining(d) => DrainStatus::Draining {
+                since: d.since,
+                reason: d.reason_text(),
+                tasks_remaining: d.tasks_remaining,
+                deadline: d.effective_deadline(),
+                lifecycle: lifecycle_text(&d.lifecycle),
+            },
+            Phase::Drained { drain, at, forced } => DrainStatus::Drained {
+                since: drain.since,
+                at: *at,
+                reason: drain.reason_text(),
+                forced: *forced,
+                lifecycle: lifecycle_text(&drain.lifecycle),
+            },
+            Phase::Failed { drain, at, error } => DrainStatus::Failed {
+                since: drain.since,
+                at: *at,
+                reason: drain.reason_text(),
+                error: error.clone(),
+                lifecycle: lifecycle_text(&drain.lifecycle),
+            },
+        }
+    }
+
+    /// The instance is (or stays) DRAINING in ECS.
+    pub fn is_draining(&self) -> bool {
+        !matches!(self, DrainStatus::Idle { .. })
+    }
+
+    /// One line for people.
+    pub fn summary(&self) -> String {
+        let t = |t: &SystemTime| humantime::format_rfc3339_seconds(*t).to_string();
+        match self {
+            DrainStatus::Idle { scheduled } if scheduled.is_empty() => "active".into(),
+            DrainStatus::Idle { scheduled } => format!(
+                "active; scheduled: {}",
+                scheduled
+                    .iter()
+                    .map(|e| format!("{} {} drains at {}", e.code, e.event_id, t(&e.drain_at)))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            DrainStatus::Draining {
+                since,
+                reason,
+                tasks_remaining,
+                deadline,
+                lifecycle,
+            } => format!(
+                "draining since {} ({reason}): {} task(s) remaining, deadline {}, lifecycle {lifecycle}",
+                t(since),
+                tasks_remaining
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "?".into()),
+                deadline.as_ref().map(t).unwrap_or_else(|| "none".into()),
+            ),
+            DrainStatus::Drained {
+                at,
+                reason,
+                forced,
+                lifecycle,
+                ..
+            } => format!(
+                "drained at {} ({reason}){}, lifecycle {lifecycle}",
+                t(at),
+                if *forced { " by deadline" } else { "" }
+            ),
+            DrainStatus::Failed {
+                at, reason, error, ..
+            } => format!("drain failed at {} ({reason}): {error}", t(at)),
+        }
+    }
+}
+
+/// The drain status recorded under `state_dir`, for `status` (no lock: writes are atomic renames).
+pub fn status_from_disk(state_dir: &Path) -> Result<DrainStatus, StateError> {
+    let store = Store::open(state_dir)?;
+    Ok(DrainStatus::from_state(&store.load()?))
+}
+
+/// What the daemon's other parts hold on to.
+pub struct Handles {
+    pub status: watch::Receiver<DrainStatus>,
+    /// Notified when a drain starts or ends, so metrics are published at once.
+    pub publish_now: Arc<Notify>,
+}
+
+/// Feeds the machine (notices, periodic checks, effect outcomes) and performs its effects.
+pub struct Runner {
+    settings: Settings,
+    store: Store,
+    effects: Box<dyn Effects>,
+    health: Arc<Health>,
+    status: watch::Sender<DrainStatus>,
+    publish_now: Arc<Notify>,
+}
+
+impl Runner {
+    pub fn new(
+        settings: Settings,
+        store: Store,
+        effects: impl Effects,
+        health: Arc<Health>,
+    ) -> (Runner, Handles) {
+        let initial =
+            store
+                .load()
+                .map(|s| DrainStatus::from_state(&s))
+                .unwrap_or(DrainStatus::Idle {
+                    scheduled: Vec::new(),
+                });
+        let (status, status_rx) = watch::channel(initial);
+        let publish_now = Arc::new(Notify::new());
+        let runner = Runner {
+            settings,
+            store,
+            effects: Box::new(effects),
+            health,
+            status,
+            publish_now: publish_now.clone(),
+        };
+        (
+            runner,
+            Handles {
+                status: status_rx,
+                publish_now,
+            },
+        )
+    }
+
+    /// Runs until `token` is cancelled. Resumes whatever drain the state directory holds.
+    pub async fn run(self, notices: mpsc::Receiver<Notice>, token: CancellationToken) {
+        self.apply(Input::Restarted).await;
+        let mut notices = Some(notices);
+        let mut ticker = tokio::time::interval(self.settings.check_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = token.cancelled() => return,
+                n = recv(&mut notices) => match n {
+                    Some(n) => {
+                        tracing::info!(notice = %n.id(), "notice received");
+                        self.apply(Input::Notice(n)).await;
+                    }
+                    None => {
+                        tracing::warn!("the notice channel closed: only resuming and finishing drains from now on");
+                        notices = None;
+                    }
+                },
+                _ = ticker.tick() => self.tick().await,
+            }
+        }
+    }
+
+    /// Counts the remaining tasks when a drain is under way and runs one periodic step.
+    pub async fn tick(&self) {
+        let counting = matches!(
+            self.store.load().map(|s| s.phase),
+            Ok(Phase::Draining(ref d)) if d.ecs_draining
+        );
+        let tasks = if counting {
+            match self.effects.remaining_tasks().await {
+                Ok(n) => Some(n),
+                Err(f) => {
+                    self.health.error("drain_count_tasks");
+                    tracing::warn!(error = %f.message, "cannot count the remaining tasks; trying again");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        self.apply(Input::Tick { tasks }).await;
+    }
+
+    /// Steps the machine with `input` and everything its effects lead to. Errors writing the state
+    /// are logged: the effects of a step whose state could not be recorded are not performed.
+    /// Returns the outcomes of the effects performed.
+    pub async fn apply(&self, input: Input) -> Vec<Done> {
+        let mut performed = Vec::new();
+        let mut queue = VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
+            let now = SystemTime::now();
+            let stepped = self.store.update(|state| {
+                let (next, effects) = machine::step(state, input, now, &self.settings);
+                *state = next;
+                (DrainStatus::from_state(state), effects)
+            });
+            let (status, effects) = match stepped {
+                Ok(v) => v,
+                Err(e) => {
+                    self.health.error("drain_state");
+                    tracing::error!(error = %e, "cannot record the drain state; not acting on it");
+                    continue;
+                }
+            };
+            self.status.send_replace(status);
+            for effect in effects {
+                if let Some(done) = self.perform(effect).await {
+                    performed.push(done.clone());
+                    queue.push_back(Input::Done(done));
+                }
+            }
+        }
+        performed
+    }
+
+    async fn perform(&self, effect: Effect) -> Option<Done> {
+        let failed = |what: &'static str, r: &Result<(), Failure>| {
+            if r.is_err() {
+                self.health.error(what);
+            }
+        };
+        match effect {
+            Effect::SetDraining => {
+                let r = self.effects.set_draining(true).await;
+                failed("drain_set_draining", &r);
+                if r.is_ok() {
+                    tracing::info!("container instance is DRAINING in ECS");
+                }
+                Some(Done::SetDraining(r))
+            }
+            Effect::SetActive => {
+                let r = self.effects.set_draining(false).await;
+                failed("drain_set_active", &r);
+                if r.is_ok() {
+                    tracing::info!("container instance is ACTIVE in ECS");
+                }
+                Some(Done::SetActive(r))
+            }
+            Effect::FindHook => Some(Done::FindHook(self.effects.find_hook().await)),
+            Effect::Heartbeat(hook) => {
+                let r = self.effects.heartbeat(&hook).await;
+                failed("drain_heartbeat", &r);
+                Some(Done::Heartbeat(r))
+            }
+            Effect::Complete(hook, result) => {
+                let r = self.effects.complete(&hook, result).await;
+                failed("drain_complete", &r);
+                Some(Done::Complete(r))
+            }
+            Effect::PublishNow => {
+                self.publish_now.notify_one();
+                None
+            }
+            Effect::Log { level, message } => {
+                match level {
+                    Level::Info => tracing::info!("{message}"),
+                    Level::Warn => tracing::warn!("{message}"),
+                    Level::Error => tracing::error!("{message}"),
+                }
+                None
+            }
+        }
+    }
+
+    /// The current status as recorded on disk.
+    pub fn status(&self) -> Result<DrainStatus, StateError> {
+        Ok(DrainStatus::from_state(&self.store.load()?))
+    }
+
+    /// Ticks every `check_interval` until the drain is no longer under way or `timeout` passes;
+    /// `progress` sees the status after every tick. Returns the last status.
+    pub async fn wait_drained(
+        &self,
+        timeout: Option<Duration>,
+        mut progress: impl FnMut(&DrainStatus),
+    ) -> DrainStatus {
+        let start = Instant::now();
+        loop {
+            self.tick().await;
+            let status = self.status.borrow().clone();
+            progress(&status);
+            if !matches!(status, DrainStatus::Draining { .. }) {
+                return status;
+            }
+            if timeout.is_some_and(|t| start.elapsed() >= t) {
+                return status;
+            }
+            let nap = match timeout {
+                Some(t) => self
+                    .settings
+                    .check_interval
+                    .min(t.saturating_sub(start.elapsed())),
+                None => self.settings.check_interval,
+            };
+            tokio::time::sleep(nap).await;
+        }
+    }
+}
+
+async fn recv(notices: &mut Option<mpsc::Receiver<Notice>>) -> Option<Notice> {
+    match notices {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether systemd is taking the system down (`systemctl is-system-running` prints `stopping`), as
+/// opposed to only this service being stopped or restarted.
+pub fn system_is_stopping() -> bool {
+    std::process::Command::new("systemctl")
+        .arg("is-system-running")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "stopping")
+        .unwrap_or(false)
+}
+
+/// `drain.drain_on_shutdown`: called by the daemon on SIGTERM. When `is_stopping()` says the system
+/// is going down, drains this instance and waits for its tasks for at most `timeout`. Returns the
+/// final status, or `None` when no drain was needed (a plain service stop or restart).
+pub async fn drain_before_shutdown(
+    runner: &Runner,
+    timeout: Duration,
+    is_stopping: impl FnOnce() -> bool,
+) -> Option<DrainStatus> {
+    if !is_stopping() {
+        return None;
+    }
+    tracing::warn!(timeout = ?timeout, "the system is shutting down: draining this instance first");
+    runner.apply(Input::Command(Command::ShutdownDrain)).await;
+    let status = runner.wait_drained(Some(timeout), |_| {}).await;
+    match &status {
+        DrainStatus::Draining {
+            tasks_remaining, ..
+        } => tracing::error!(
+            ?tasks_remaining,
+            "shutdown drain timed out: shutting down with tasks still running"
+        ),
+        s => tracing::info!(status = %s.summary(), "shutdown drain finished"),
+    }
+    Some(status)
+}

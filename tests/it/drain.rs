@@ -1,0 +1,539 @@
+//! Self-drain against moto (ECS, Auto Scaling) behind the recording lifecycle proxy.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_ecs::config::Credentials;
+use ecs_capacity_agent::drain::{
+    AwsEffects, DrainStatus, Runner, Settings, Store, Target, drain_before_shutdown,
+};
+use ecs_capacity_agent::metrics::Health;
+use ecs_capacity_agent::notice::{Notice, SpotAction};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::require;
+use crate::support::lifecycle::LifecycleProxy;
+use crate::support::moto::Moto;
+
+const CLUSTER: &str = "drain-test";
+const INSTANCE: &str = "i-0123456789abcdef0";
+const GROUP: &str = "drain-asg";
+const HOOK: &str = "drain-hook";
+
+/// moto, the proxy in front of it, an SDK config for the proxy, a container instance running one task.
+struct World {
+    _moto: Moto,
+    proxy: LifecycleProxy,
+    sdk: SdkConfig,
+    ecs: aws_sdk_ecs::Client,
+    container_instance: String,
+    task: String,
+}
+
+async fn world() -> Result<World, String> {
+    let moto = Moto::start()?;
+    let proxy = LifecycleProxy::start(moto.url()).await;
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
+        .endpoint_url(proxy.url())
+        .load()
+        .await;
+    let ecs = aws_sdk_ecs::Client::new(&sdk);
+    ecs.create_cluster()
+        .cluster_name(CLUSTER)
+        .send()
+        .await
+        .map_err(|e| format!("create cluster: {e:?}"))?;
+    // Another instance in the cluster, so finding ours by instance id is a real choice.
+    for id in ["i-0fffffffffffffff0", INSTANCE] {
+        ecs.register_container_instance()
+            .cluster(CLUSTER)
+            .instance_identity_document(format!(r#"{{"instanceId":"{id}","region":"us-east-1"}}"#))
+            .send()
+            .await
+            .map_err(|e| format!("register: {e:?}"))?;
+    }
+    let arns = ecs
+        .list_container_instances()
+        .cluster(CLUSTER)
+        .send()
+        .await
+        .map_err(|e| format!("{e:?}"))?
+        .container_instance_arns
+        .unwrap_or_default();
+    let described = ecs
+        .describe_container_instances()
+        .cluster(CLUSTER)
+        .set_container_instances(Some(arns))
+        .send()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let container_instance = described
+        .container_instances
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.ec2_instance_id.as_deref() == Some(INSTANCE))
+        .and_then(|c| c.container_instance_arn)
+        .ok_or("registered instance not found")?;
+    ecs.register_task_definition()
+        .family("web")
+        .container_definitions(
+            aws_sdk_ecs::types::ContainerDefinition::builder()
+                .name("web")
+                .image("busybox")
+                .cpu(128)
+                .memory(64)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| format!("task definition: {e:?}"))?;
+    let started = ecs
+        .start_task()
+        .cluster(CLUSTER)
+        .task_definition("web")
+        .container_instances(&container_instance)
+        .send()
+        .await
+        .map_err(|e| format!("start task: {e:?}"))?;
+    let task = started
+        .tasks
+        .unwrap_or_default()
+        .into_iter()
+        .next()
+        .and_then(|t| t.task_arn)
+        .ok_or("no task started")?;
+    let asg = aws_sdk_autoscaling::Client::new(&sdk);
+    asg.put_lifecycle_hook()
+        .auto_scaling_group_name(GROUP)
+        .lifecycle_hook_name(HOOK)
+        .lifecycle_transition("autoscaling:EC2_INSTANCE_TERMINATING")
+        .heartbeat_timeout(3)
+        .send()
+        .await
+        .map_err(|e| format!("lifecycle hook: {e:?}"))?;
+    Ok(World {
+        _moto: moto,
+        proxy,
+        sdk,
+        ecs,
+        container_instance,
+        task,
+    })
+}
+
+impl World {
+    fn effects(&self) -> AwsEffects {
+        AwsEffects::new(
+            &self.sdk,
+            Target {
+                cluster: CLUSTER.into(),
+                instance_id: INSTANCE.into(),
+                container_instance_arn: None,
+                autoscaling_group: Some(GROUP.into()),
+                lifecycle_hook: None,
+            },
+        )
+    }
+
+    async fn status_in_ecs(&self) -> String {
+        self.ecs
+            .describe_container_instances()
+            .cluster(CLUSTER)
+            .container_instances(&self.container_instance)
+            .send()
+            .await
+            .expect("describe")
+            .container_instances
+            .unwrap_or_default()
+            .into_iter()
+            .next()
+            .and_then(|c| c.status)
+            .unwrap_or_default()
+    }
+
+    async fn stop_task(&self) {
+        self.ecs
+            .stop_task()
+            .cluster(CLUSTER)
+            .task(&self.task)
+            .send()
+            .await
+            .expect("stop task");
+    }
+
+    fn continues(&self) -> usize {
+        self.proxy
+            .calls_of("CompleteLifecycleAction")
+            .iter()
+            .filter(|c| c.param("LifecycleActionResult") == Some("CONTINUE"))
+            .count()
+    }
+}
+
+fn settings() -> Settings {
+    Settings {
+        check_interval: Duration::from_millis(200),
+        ..Settings::default()
+    }
+}
+
+struct Running {
+    token: CancellationToken,
+    tx: mpsc::Sender<Notice>,
+    status: tokio::sync::watch::Receiver<DrainStatus>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn start(world: &World, dir: &std::path::Path) -> Running {
+    let (runner, handles) = Runner::new(
+        settings(),
+        Store::open(dir).expect("state dir"),
+        world.effects(),
+        Arc::new(Health::default()),
+    );
+    let (tx, rx) = mpsc::channel(16);
+    let token = CancellationToken::new();
+    let task = tokio::spawn(runner.run(rx, token.clone()));
+    Running {
+        token,
+        tx,
+        status: handles.status,
+        task,
+    }
+}
+
+/// Polls `check` every 50 ms for at most `limit_secs` (a generous bound, not a speed assertion).
+async fn until(limit_secs: u64, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(limit_secs),
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn spot_notice() -> Notice {
+    Notice::Spot {
+        action: SpotAction::Terminate,
+        time: SystemTime::now() + Duration::from_secs(120),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spot_notice_sets_the_instance_draining_in_ecs_and_ends_when_tasks_stop() {
+    let w = require!(world().await, "moto");
+    let dir = tempfile::tempdir().unwrap();
+    let r = start(&w, dir.path());
+    r.tx.send(spot_notice()).await.unwrap();
+    until(30, "DRAINING in moto", async || {
+        w.status_in_ecs().await == "DRAINING"
+    })
+    .await;
+    let draining = r.status.borrow().clone();
+    assert!(
+        matches!(draining, DrainStatus::Draining { .. }),
+        "{draining:?}"
+    );
+    w.stop_task().await;
+    let mut status = r.status.clone();
+    until(30, "drained", async || {
+        matches!(
+            *status.borrow_and_update(),
+            DrainStatus::Drained { forced: false, .. }
+        )
+    })
+    .await;
+    assert_eq!(w.proxy.calls_of("CompleteLifecycleAction").len(), 0);
+    r.token.cancel();
+    r.task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscaling_termination_heartbeats_while_tasks_remain_then_continues_once() {
+    let w = require!(world().await, "moto");
+    let dir = tempfile::tempdir().unwrap();
+    let r = start(&w, dir.path());
+    r.tx.send(Notice::AutoScalingTerminated {
+        seen_at: SystemTime::now(),
+    })
+    .await
+    .unwrap();
+    until(30, "DRAINING in moto", async || {
+        w.status_in_ecs().await == "DRAINING"
+    })
+    .await;
+    // Heartbeat timeout 3 s → one heartbeat a second while the task runs.
+    until(30, "two heartbeats", async || {
+        w.proxy.calls_of("RecordLifecycleActionHeartbeat").len() >= 2
+    })
+    .await;
+    assert_eq!(w.continues(), 0, "not completed while a task runs");
+    let hb = &w.proxy.calls_of("RecordLifecycleActionHeartbeat")[0];
+    assert_eq!(hb.param("AutoScalingGroupName"), Some(GROUP));
+    assert_eq!(hb.param("LifecycleHookName"), Some(HOOK));
+    assert_eq!(hb.param("InstanceId"), Some(INSTANCE));
+    w.stop_task().await;
+    until(30, "CONTINUE", async || w.continues() == 1).await;
+    // Ticks keep coming; nothing more is sent.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(w.proxy.calls_of("CompleteLifecycleAction").len(), 1);
+    assert!(matches!(
+        *r.status.borrow(),
+        DrainStatus::Drained { forced: false, .. }
+    ));
+    r.token.cancel();
+    r.task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_drain_and_restarted_resumes_and_continues_exactly_once() {
+    let w = require!(world().await, "moto");
+    let dir = tempfile::tempdir().unwrap();
+    let first = start(&w, dir.path());
+    first
+        .tx
+        .send(Notice::AutoScalingTerminated {
+            seen_at: SystemTime::now(),
+        })
+        .await
+        .unwrap();
+    until(30, "a heartbeat", async || {
+        !w.proxy
+            .calls_of("RecordLifecycleActionHeartbeat")
+            .is_empty()
+    })
+    .await;
+    // Killed, not shut down: the task is dropped wherever it is.
+    first.task.abort();
+    let _ = first.task.await;
+    let heartbeats = w.proxy.calls_of("RecordLifecycleActionHeartbeat").len();
+
+    let second = start(&w, dir.path());
+    until(30, "heartbeats resumed", async || {
+        w.proxy.calls_of("RecordLifecycleActionHeartbeat").len() > heartbeats
+    })
+    .await;
+    assert!(matches!(
+        *second.status.borrow(),
+        DrainStatus::Draining { .. }
+    ));
+    // The IMDS poller of a restarted daemon sends the notice again: it is not a second drain.
+    second
+        .tx
+        .send(Notice::AutoScalingTerminated {
+            seen_at: SystemTime::now(),
+        })
+        .await
+        .unwrap();
+    w.stop_task().await;
+    until(30, "CONTINUE", async || w.continues() == 1).await;
+    second.token.cancel();
+    second.task.await.unwrap();
+
+    // A third start after the end does nothing more.
+    let third = start(&w, dir.path());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(w.proxy.calls_of("CompleteLifecycleAction").len(), 1);
+    third.token.cancel();
+    third.task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_notice_many_times_is_one_drain() {
+    let w = require!(world().await, "moto");
+    let dir = tempfile::tempdir().unwrap();
+    let r = start(&w, dir.path());
+    let notice = spot_notice();
+    for _ in 0..20 {
+        r.tx.send(notice.clone()).await.unwrap();
+    }
+    until(30, "DRAINING in moto", async || {
+        w.status_in_ecs().await == "DRAINING"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let updates = w.proxy.calls_of("UpdateContainerInstancesState");
+    assert_eq!(updates.len(), 1, "{updates:?}");
+    assert!(updates[0].body.contains("DRAINING"));
+    r.token.cancel();
+    r.task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_docker_view_keeps_the_drain_waiting_until_it_agrees() {
+    let w = require!(world().await, "moto");
+    let dir = tempfile::tempdir().unwrap();
+    let (local_tx, local_rx) = tokio::sync::watch::channel(Some(vec!["web".to_string()]));
+    let (runner, handles) = Runner::new(
+        settings(),
+        Store::open(dir.path()).unwrap(),
+        w.effects().with_local_tasks(local_rx),
+        Arc::new(Health::default()),
+    );
+    let (tx, rx) = mpsc::channel(4);
+    let token = CancellationToken::new();
+    let task = tokio::spawn(runner.run(rx, token.clone()));
+    tx.send(spot_notice()).await.unwrap();
+    w.stop_task().await;
+    let mut status = handles.status.clone();
+    until(30, "ECS says 0 but Docker still runs web", async || {
+        matches!(
+            *status.borrow_and_update(),
+            DrainStatus::Draining {
+                tasks_remaining: Some(1),
+                ..
+            }
+        )
+    })
+    .await;
+    local_tx.send_replace(Some(vec![]));
+    until(30, "drained", async || {
+        matches!(*status.borrow_and_update(), DrainStatus::Drained { .. })
+    })
+    .await;
+    token.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drain_waits_for_tasks_bounded_by_the_timeout() {
+    let w = require!(world().await, "moto");
+    let dir = tempfile::tempdir().unwrap();
+    let (runner, _handles) = Runner::new(
+        settings(),
+        Store::open(dir.path()).unwrap(),
+        w.effects(),
+        Arc::new(Health::default()),
+    );
+    // Not a system shutdown: nothing happens.
+    assert!(
+        drain_before_shutdown(&runner, Duration::from_secs(1), || false)
+            .await
+            .is_none()
+    );
+    assert_eq!(w.status_in_ecs().await, "ACTIVE");
+    // A task that never stops: the drain gives up at the timeout, still DRAINING.
+    let status = drain_before_shutdown(&runner, Duration::from_secs(1), || true)
+        .await
+        .expect("drained on shutdown");
+    assert!(matches!(status, DrainStatus::Draining { .. }), "{status:?}");
+    assert_eq!(w.status_in_ecs().await, "DRAINING");
+    w.stop_task().await;
+    let status = drain_before_shutdown(&runner, Duration::from_secs(30), || true)
+        .await
+        .expect("drained on shutdown");
+    assert!(matches!(status, DrainStatus::Drained { .. }), "{status:?}");
+}
+
+/// Runs the binary's `args` against the proxy with a config in `dir`.
+async fn cli(w: &World, dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\ncluster = \"{CLUSTER}\"\naws = \"on\"\nstate_dir = \"{}\"\necs_config_path = \"{}\"\n[drain]\ncheck_interval = \"200ms\"\n",
+            dir.join("state").display(),
+            dir.join("ecs.config").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ecs-capacity-agent"));
+    cmd.args(args)
+        .arg("--config")
+        .arg(&config)
+        .env_remove("ECS_CAPACITY_AGENT_CONFIG")
+        .env("AWS_ENDPOINT_URL", w.proxy.url())
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9");
+    tokio::task::spawn_blocking(move || cmd.output().expect("run the binary"))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_drain_waits_for_tasks_and_activate_returns_to_active() {
+    let w = require!(world().await, "moto");
+    let dir = tempfile::tempdir().unwrap();
+
+    let out = cli(&w, dir.path(), &["drain", "--instance-id", INSTANCE]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(w.status_in_ecs().await, "DRAINING");
+
+    // A task remains: --wait gives up at the timeout, saying how many remain, exit 69.
+    let out = cli(
+        &w,
+        dir.path(),
+        &[
+            "drain",
+            "--instance-id",
+            INSTANCE,
+            "--wait",
+            "--timeout",
+            "1s",
+        ],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("tasks remaining: 1"), "{stderr}");
+    assert!(stderr.contains("1 task(s) remaining"), "{stderr}");
+
+    w.stop_task().await;
+    let out = cli(
+        &w,
+        dir.path(),
+        &["drain", "--instance-id", INSTANCE, "--wait"],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("drained"), "{stdout}");
+
+    let out = cli(&w, dir.path(), &["activate", "--instance-id", INSTANCE]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(w.status_in_ecs().await, "ACTIVE");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("active"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_drain_of_an_instance_not_in_the_cluster_says_so() {
+    let w = require!(world().await, "moto");
+    let dir = tempfile::tempdir().unwrap();
+    let out = cli(
+        &w,
+        dir.path(),
+        &["drain", "--instance-id", "i-0aaaaaaaaaaaaaaa1"],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("no container instance for EC2 instance i-0aaaaaaaaaaaaaaa1"),
+        "{stderr}"
+    );
+    // No id given and IMDS not answering: the error says how to give one.
+    let out = cli(&w, dir.path(), &["drain"]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--instance-id"));
+}

@@ -1,0 +1,180 @@
+//! A recording proxy in front of moto. moto 5.2 lacks CompleteLifecycleAction and
+//! RecordLifecycleActionHeartbeat: this proxy answers those itself (as Auto Scaling's query protocol
+//! does) and forwards every other request to moto unchanged. It records every call it sees, by
+//! action name (`X-Amz-Target` for JSON services such as ECS, `Action=` for query services), so
+//! tests can count them.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+/// One call seen by the proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub action: String,
+    /// Query parameters (query protocol) or the JSON body (JSON protocol) as text.
+    pub params: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Call {
+    pub fn param(&self, key: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    upstream: String,
+    client: reqwest::Client,
+    calls: Arc<Mutex<Vec<Call>>>,
+}
+
+pub struct LifecycleProxy {
+    addr: SocketAddr,
+    calls: Arc<Mutex<Vec<Call>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LifecycleProxy {
+    pub async fn start(upstream: &str) -> LifecycleProxy {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let shared = Shared {
+            upstream: upstream.trim_end_matches('/').to_string(),
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("proxy client"),
+            calls: calls.clone(),
+        };
+        let app = Router::new().fallback(handle).with_state(shared);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind lifecycle proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        LifecycleProxy { addr, calls, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Calls of one action (e.g. "CompleteLifecycleAction", "UpdateContainerInstancesState").
+    pub fn calls_of(&self, action: &str) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.action == action)
+            .collect()
+    }
+}
+
+impl Drop for LifecycleProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn answer(action: &str) -> Response {
+    let body = format!(
+        "<{action}Response xmlns=\"http://autoscaling.amazonaws.com/doc/2011-01-01/\">\
+         <{action}Result/><ResponseMetadata><RequestId>proxy-1</RequestId></ResponseMetadata>\
+         </{action}Response>"
+    );
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("text/xml"));
+    r
+}
+
+async fn handle(State(s): State<Shared>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = to_bytes(body, 16 * 1024 * 1024).await else {
+        return (StatusCode::BAD_REQUEST, "unreadable body").into_response();
+    };
+    let text = String::from_utf8_lossy(&bytes).to_string();
+    let (action, params) = match parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(target) => (
+            target.rsplit('.').next().unwrap_or(target).to_string(),
+            Vec::new(),
+        ),
+        None => {
+            let params: Vec<(String, String)> = form_urlencoded::parse(&bytes)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            let action = params
+                .iter()
+                .find(|(k, _)| k == "Action")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            (action, params)
+        }
+    };
+    s.calls
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Call {
+            action: action.clone(),
+            params,
+            body: text,
+        });
+    if action == "CompleteLifecycleAction" || action == "RecordLifecycleActionHeartbeat" {
+        return answer(&action);
+    }
+    forward(&s, parts.method, &parts.uri, &parts.headers, bytes).await
+}
+
+async fn forward(
+    s: &Shared,
+    method: axum::http::Method,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: bytes::Bytes,
+) -> Response {
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut req = s
+        .client
+        .request(method, format!("{}{path}", s.upstream))
+        .body(body);
+    for (k, v) in headers {
+        if k == "host" || k == "content-length" {
+            continue;
+        }
+        req = req.header(k, v);
+    }
+    match req.send().await {
+        Ok(r) => {
+            let status = r.status();
+            let headers = r.headers().clone();
+            let body = r.bytes().await.unwrap_or_default();
+            let mut out = Response::new(Body::from(body));
+            *out.status_mut() = status;
+            for (k, v) in &headers {
+                if k == "content-length" || k == "transfer-encoding" || k == "connection" {
+                    continue;
+                }
+                out.headers_mut().insert(k, v.clone());
+            }
+            out
+        }
+        Err(e) => (StatusCode::BAD_GATEWAY, format!("moto: {e}")).into_response(),
+    }
+}
