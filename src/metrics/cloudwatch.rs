@@ -302,10 +302,10 @@ impl ClassifyRetry for NoAmbiguousRetry {
         if err.is_timeout_error() || err.is_response_error() {
             return RetryAction::RetryForbidden;
         }
-        if let Some(c) = err.as_connector_error() {
-            if !never_connected(c) {
-                return RetryAction::RetryForbidden;
-            }
+        if let Some(c) = err.as_connector_error()
+            && !never_connected(c)
+        {
+            return RetryAction::RetryForbidden;
         }
         RetryAction::NoActionIndicated
     }
