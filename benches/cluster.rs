@@ -193,7 +193,11 @@ fn bench(c: &mut Criterion) {
     group.bench_function("in process/2000 hosts x 50 shapes", |b| {
         b.iter(|| {
             let inputs = cluster::files::load(&paths).unwrap();
-            cluster::calculate(&inputs, 1.0).to_json()
+            let mut out = Vec::new();
+            cluster::calculate(&inputs, 1.0)
+                .write_json(&mut out)
+                .unwrap();
+            out
         })
     });
     group.bench_function("process/2000 hosts x 50 shapes", |b| {

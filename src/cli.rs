@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use std::io::Write as _;
+
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, LoadOptions, Loaded};
@@ -139,11 +141,19 @@ fn cluster(args: ClusterArgs) -> Result<(), Error> {
         }
     };
     let out = crate::cluster::calculate(&inputs, args.scale_out_threshold);
-    match args.output {
-        Output::Table => print!("{}", out.to_table()),
-        Output::Json => println!("{}", out.to_json()),
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = match args.output {
+        Output::Table => stdout.write_all(out.to_table().as_bytes()),
+        Output::Json => out.write_json(&mut stdout),
     }
-    Ok(())
+    .and_then(|()| stdout.flush());
+    match written {
+        // A reader that stops early (`| head`) is not an error.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Unavailable(format!(
+            "cannot write the report to stdout: {e}"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Loads and validates the configuration; the only place commands get one.

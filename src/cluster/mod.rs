@@ -176,7 +176,13 @@ pub fn calculate(inputs: &Inputs, scale_out_threshold: f64) -> Output {
 
 impl Output {
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// The JSON object on one line, streamed (thousands of hosts make megabytes).
+    pub fn write_json<W: std::io::Write>(&self, mut w: W) -> std::io::Result<()> {
+        serde_json::to_writer(&mut w, self)?;
+        w.write_all(b"\n")
     }
 
     pub fn to_table(&self) -> String {

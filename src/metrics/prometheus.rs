@@ -178,10 +178,11 @@ pub fn render(report: Option<&Report>, health: &Health) -> String {
     out
 }
 
-/// The published figures under their Prometheus names (the same table CloudWatch gets); per-resource
-/// values carry a `resource` label.
-fn render_figures(out: &mut String, f: &crate::metrics::figures::HostFigures) {
-    for m in crate::metrics::figures::METRICS.iter() {
+/// This host's published figures (the same [`HostFigures`](super::HostFigures) CloudWatch gets), as
+/// gauges named in `figures::METRICS`; per-resource figures carry a `resource` label. Unknown figures
+/// are left out. [`render`] puts them first when the daemon has them.
+pub fn render_figures(out: &mut String, f: &super::HostFigures) {
+    for m in super::figures::METRICS.iter() {
         let mut samples = Vec::new();
         if let Some(v) = f.value(m.name) {
             samples.push((String::new(), v));
@@ -189,16 +190,63 @@ fn render_figures(out: &mut String, f: &crate::metrics::figures::HostFigures) {
         for (resource, v) in f.by_resource(m.name) {
             samples.push((format!("resource=\"{resource}\""), v));
         }
-        if !samples.is_empty() {
-            write_family(
-                out,
-                &Family {
-                    name: m.prometheus,
-                    help: m.help,
-                    kind: "gauge",
-                    samples,
-                },
-            );
+        if samples.is_empty() {
+            continue;
         }
+        write_family(
+            out,
+            &Family {
+                name: m.prometheus,
+                help: m.help,
+                kind: "gauge",
+                samples,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod figures_tests {
+    use std::collections::BTreeMap;
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::metrics::HostFigures;
+
+    #[test]
+    fn figures_render_as_gauges_with_resource_labels_and_unknowns_left_out() {
+        let f = HostFigures {
+            at: SystemTime::now(),
+            cluster: "prod".into(),
+            instance_id: "i-1".into(),
+            autoscaling_group: None,
+            spare_tasks: Some(3),
+            spare_tasks_by_resource: BTreeMap::from([("cpu", 3), ("memory", 7)]),
+            idle_fraction: Some(0.5),
+            idle_fraction_by_resource: BTreeMap::new(),
+            cpu_reserved_pct: Some(25.0),
+            memory_reserved_pct: None,
+            cpu_used_pct: None,
+            memory_used_pct: None,
+            eni_attached: None,
+            eni_limit: None,
+            running_tasks: 2,
+            draining: true,
+        };
+        let mut out = String::new();
+        render_figures(&mut out, &f);
+        for line in [
+            "# TYPE ecs_capacity_spare_tasks gauge",
+            "ecs_capacity_spare_tasks 3",
+            "ecs_capacity_spare_tasks{resource=\"memory\"} 7",
+            "ecs_capacity_idle_fraction 0.5",
+            "ecs_capacity_cpu_reserved_percent 25",
+            "ecs_capacity_running_tasks 2",
+            "ecs_capacity_draining 1",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} missing in\n{out}");
+        }
+        assert!(!out.contains("ecs_capacity_memory_reserved_percent"));
+        assert!(!out.contains("ecs_capacity_enis_attached"));
     }
 }
