@@ -4,6 +4,7 @@ mod support;
 
 mod cgroup_real;
 mod cluster;
+mod daemon;
 mod drain;
 mod foundation;
 mod host;

@@ -1,0 +1,166 @@
+//! The whole daemon, wired: the real binary against a fake IMDSv2 and moto. A spot notice that
+//! appears in IMDS ends with this instance DRAINING in ECS, and `status` then reports the drain.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use aws_sdk_ecs::types::ContainerInstanceStatus;
+
+use crate::require;
+use crate::support::imds::FakeImds;
+use crate::support::moto::Moto;
+
+const CLUSTER: &str = "daemon-test";
+
+async fn ecs_status(ecs: &aws_sdk_ecs::Client, arn: &str) -> Option<ContainerInstanceStatus> {
+    let out = ecs
+        .describe_container_instances()
+        .cluster(CLUSTER)
+        .container_instances(arn)
+        .send()
+        .await
+        .ok()?;
+    let status = out.container_instances?.into_iter().next()?.status?;
+    Some(ContainerInstanceStatus::from(status.as_str()))
+}
+
+#[tokio::test]
+async fn spot_notice_in_imds_drains_this_instance_through_the_running_daemon() {
+    let moto = require!(Moto::start(), "moto");
+    let sdk = moto.sdk_config().await;
+    let ecs = aws_sdk_ecs::Client::new(&sdk);
+    ecs.create_cluster()
+        .cluster_name(CLUSTER)
+        .send()
+        .await
+        .unwrap();
+    // moto registers only instances its EC2 knows.
+    let instance = aws_sdk_ec2::Client::new(&sdk)
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .instance_type(aws_sdk_ec2::types::InstanceType::C5Large)
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .unwrap()
+        .instances()[0]
+        .instance_id()
+        .unwrap()
+        .to_string();
+    let registered = ecs
+        .register_container_instance()
+        .cluster(CLUSTER)
+        .instance_identity_document(format!(
+            r#"{{"instanceId":"{instance}","region":"us-east-1"}}"#
+        ))
+        .send()
+        .await
+        .unwrap();
+    let arn = registered
+        .container_instance
+        .and_then(|c| c.container_instance_arn)
+        .unwrap();
+
+    let imds = FakeImds::start().await;
+    imds.set("instance-id", &instance);
+    imds.set("instance-type", "c5.large");
+    imds.set("network/interfaces/macs/", "0e:00:00:00:00:01/");
+
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("state");
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[agent]
+aws = "on"
+cluster = "{CLUSTER}"
+interval = "1s"
+state_dir = "{}"
+ecs_config_path = "/nonexistent/ecs.config"
+
+[host]
+docker_socket = "/nonexistent/docker.sock"
+ecs_agent_url = "http://127.0.0.1:9"
+
+[sinks]
+enabled = ["stdout"]
+"#,
+            state_dir.display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ecs-capacity-agent"))
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .envs(moto.env())
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+
+    // Running and polling, not draining: no notice yet.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        ecs_status(&ecs, &arn).await,
+        Some(ContainerInstanceStatus::Active)
+    );
+
+    let in_two_minutes = time::OffsetDateTime::now_utc() + time::Duration::minutes(2);
+    let when = in_two_minutes
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    imds.set(
+        "spot/instance-action",
+        &format!(r#"{{"action":"terminate","time":"{}Z"}}"#, &when[..19]),
+    );
+
+    let mut draining = false;
+    for _ in 0..150 {
+        if ecs_status(&ecs, &arn).await == Some(ContainerInstanceStatus::Draining) {
+            draining = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logs = || std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+    assert!(draining, "instance never DRAINING; daemon log:\n{}", logs());
+
+    // `status` reads the daemon's drain from the state directory.
+    let status = Command::new(env!("CARGO_BIN_EXE_ecs-capacity-agent"))
+        .args([
+            "status",
+            "--output",
+            "json",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_else(|e| {
+        panic!(
+            "status JSON: {e}: {}{}",
+            String::from_utf8_lossy(&status.stdout),
+            String::from_utf8_lossy(&status.stderr)
+        )
+    });
+    let drain = v
+        .get("drain")
+        .unwrap_or_else(|| panic!("no drain in status: {v}"));
+    assert!(
+        drain.to_string().contains("spot"),
+        "drain status names the spot notice: {drain}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "daemon exit {exit:?}; log:\n{}", logs());
+}
