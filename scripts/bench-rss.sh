@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-200}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/bench-target}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 IMAGE=ecs-capacity-agent-test/busybox:1
 PREFIX=eca-rss-$$
 

@@ -18,7 +18,6 @@ use crate::support::lifecycle::LifecycleProxy;
 use crate::support::moto::Moto;
 
 const CLUSTER: &str = "drain-test";
-const INSTANCE: &str = "i-0123456789abcdef0";
 const GROUP: &str = "drain-asg";
 const HOOK: &str = "drain-hook";
 
@@ -29,6 +28,8 @@ struct World {
     sdk: SdkConfig,
     ecs: aws_sdk_ecs::Client,
     container_instance: String,
+    /// This instance's EC2 id (moto registers only instances its EC2 knows).
+    instance: String,
     task: String,
 }
 
@@ -48,7 +49,27 @@ async fn world() -> Result<World, String> {
         .await
         .map_err(|e| format!("create cluster: {e:?}"))?;
     // Another instance in the cluster, so finding ours by instance id is a real choice.
-    for id in ["i-0fffffffffffffff0", INSTANCE] {
+    // Another instance in the cluster too; moto's RegisterContainerInstance wants both to exist in EC2.
+    let ec2 = aws_sdk_ec2::Client::new(&sdk);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let out = ec2
+            .run_instances()
+            .image_id("ami-12c6146b")
+            .instance_type(aws_sdk_ec2::types::InstanceType::C5Large)
+            .min_count(1)
+            .max_count(1)
+            .send()
+            .await
+            .map_err(|e| format!("run instance: {e:?}"))?;
+        let id = out.instances()[0]
+            .instance_id()
+            .unwrap_or_default()
+            .to_string();
+        ids.push(id);
+    }
+    let instance = ids[1].clone();
+    for id in &ids {
         ecs.register_container_instance()
             .cluster(CLUSTER)
             .instance_identity_document(format!(r#"{{"instanceId":"{id}","region":"us-east-1"}}"#))
@@ -75,7 +96,7 @@ async fn world() -> Result<World, String> {
         .container_instances
         .unwrap_or_default()
         .into_iter()
-        .find(|c| c.ec2_instance_id.as_deref() == Some(INSTANCE))
+        .find(|c| c.ec2_instance_id.as_deref() == Some(instance.as_str()))
         .and_then(|c| c.container_instance_arn)
         .ok_or("registered instance not found")?;
     ecs.register_task_definition()
@@ -121,6 +142,7 @@ async fn world() -> Result<World, String> {
         sdk,
         ecs,
         container_instance,
+        instance,
         task,
     })
 }
@@ -131,7 +153,7 @@ impl World {
             &self.sdk,
             Target {
                 cluster: CLUSTER.into(),
-                instance_id: INSTANCE.into(),
+                instance_id: self.instance.clone(),
                 container_instance_arn: None,
                 autoscaling_group: Some(GROUP.into()),
                 lifecycle_hook: None,
@@ -277,7 +299,7 @@ async fn autoscaling_termination_heartbeats_while_tasks_remain_then_continues_on
     let hb = &w.proxy.calls_of("RecordLifecycleActionHeartbeat")[0];
     assert_eq!(hb.param("AutoScalingGroupName"), Some(GROUP));
     assert_eq!(hb.param("LifecycleHookName"), Some(HOOK));
-    assert_eq!(hb.param("InstanceId"), Some(INSTANCE));
+    assert_eq!(hb.param("InstanceId"), Some(w.instance.as_str()));
     w.stop_task().await;
     until(30, "CONTINUE", async || w.continues() == 1).await;
     // Ticks keep coming; nothing more is sent.
@@ -464,7 +486,12 @@ async fn cli_drain_waits_for_tasks_and_activate_returns_to_active() {
     let w = require!(world().await, "moto");
     let dir = tempfile::tempdir().unwrap();
 
-    let out = cli(&w, dir.path(), &["drain", "--instance-id", INSTANCE]).await;
+    let out = cli(
+        &w,
+        dir.path(),
+        &["drain", "--instance-id", w.instance.as_str()],
+    )
+    .await;
     assert!(
         out.status.success(),
         "{}",
@@ -479,7 +506,7 @@ async fn cli_drain_waits_for_tasks_and_activate_returns_to_active() {
         &[
             "drain",
             "--instance-id",
-            INSTANCE,
+            w.instance.as_str(),
             "--wait",
             "--timeout",
             "1s",
@@ -495,7 +522,7 @@ async fn cli_drain_waits_for_tasks_and_activate_returns_to_active() {
     let out = cli(
         &w,
         dir.path(),
-        &["drain", "--instance-id", INSTANCE, "--wait"],
+        &["drain", "--instance-id", w.instance.as_str(), "--wait"],
     )
     .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -506,7 +533,12 @@ async fn cli_drain_waits_for_tasks_and_activate_returns_to_active() {
     );
     assert!(stdout.contains("drained"), "{stdout}");
 
-    let out = cli(&w, dir.path(), &["activate", "--instance-id", INSTANCE]).await;
+    let out = cli(
+        &w,
+        dir.path(),
+        &["activate", "--instance-id", w.instance.as_str()],
+    )
+    .await;
     assert!(
         out.status.success(),
         "{}",
