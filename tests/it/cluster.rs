@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use serde_json::Value;
 
 use crate::require;
-use crate::support::moto::Moto;
+use crate::support::moto::{Moto, run_instance};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ecs-capacity-agent");
 
@@ -365,25 +365,11 @@ async fn live_cluster_against_moto() {
 
     let moto = require!(Moto::start(), "moto");
     let sdk = moto.sdk_config().await;
-    let ec2 = aws_sdk_ec2::Client::new(&sdk);
     let client = aws_sdk_ecs::Client::new(&sdk);
 
     let run = |itype: &'static str| {
-        let ec2 = ec2.clone();
-        async move {
-            ec2.run_instances()
-                .image_id("ami-12c6146b")
-                .instance_type(aws_sdk_ec2::types::InstanceType::from(itype))
-                .min_count(1)
-                .max_count(1)
-                .send()
-                .await
-                .unwrap()
-                .instances()[0]
-                .instance_id()
-                .unwrap()
-                .to_string()
-        }
+        let sdk = sdk.clone();
+        async move { run_instance(&sdk, itype).await.unwrap() }
     };
     let ids = [
         run("m5.xlarge").await,

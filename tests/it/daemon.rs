@@ -8,7 +8,7 @@ use aws_sdk_ecs::types::ContainerInstanceStatus;
 
 use crate::require;
 use crate::support::imds::FakeImds;
-use crate::support::moto::Moto;
+use crate::support::moto::{Moto, run_instance};
 
 const CLUSTER: &str = "daemon-test";
 
@@ -35,19 +35,7 @@ async fn spot_notice_in_imds_drains_this_instance_through_the_running_daemon() {
         .await
         .unwrap();
     // moto registers only instances its EC2 knows.
-    let instance = aws_sdk_ec2::Client::new(&sdk)
-        .run_instances()
-        .image_id("ami-12c6146b")
-        .instance_type(aws_sdk_ec2::types::InstanceType::C5Large)
-        .min_count(1)
-        .max_count(1)
-        .send()
-        .await
-        .unwrap()
-        .instances()[0]
-        .instance_id()
-        .unwrap()
-        .to_string();
+    let instance = run_instance(&sdk, "c5.large").await.unwrap();
     let registered = ecs
         .register_container_instance()
         .cluster(CLUSTER)

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::require;
 use crate::support::lifecycle::LifecycleProxy;
-use crate::support::moto::Moto;
+use crate::support::moto::{Moto, run_instance};
 
 const CLUSTER: &str = "drain-test";
 const GROUP: &str = "drain-asg";
@@ -50,23 +50,9 @@ async fn world() -> Result<World, String> {
         .map_err(|e| format!("create cluster: {e:?}"))?;
     // Another instance in the cluster, so finding ours by instance id is a real choice.
     // Another instance in the cluster too; moto's RegisterContainerInstance wants both to exist in EC2.
-    let ec2 = aws_sdk_ec2::Client::new(&sdk);
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let out = ec2
-            .run_instances()
-            .image_id("ami-12c6146b")
-            .instance_type(aws_sdk_ec2::types::InstanceType::C5Large)
-            .min_count(1)
-            .max_count(1)
-            .send()
-            .await
-            .map_err(|e| format!("run instance: {e:?}"))?;
-        let id = out.instances()[0]
-            .instance_id()
-            .unwrap_or_default()
-            .to_string();
-        ids.push(id);
+        ids.push(run_instance(&sdk, "c5.large").await?);
     }
     let instance = ids[1].clone();
     for id in &ids {

@@ -121,3 +121,22 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+
+/// Starts one instance of `instance_type` in moto's EC2 and returns its id. moto's
+/// RegisterContainerInstance accepts only instance ids its EC2 knows.
+pub async fn run_instance(sdk: &SdkConfig, instance_type: &str) -> Result<String, String> {
+    let out = aws_sdk_ec2::Client::new(sdk)
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .instance_type(aws_sdk_ec2::types::InstanceType::from(instance_type))
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .map_err(|e| format!("run instance {instance_type}: {e:?}"))?;
+    out.instances()
+        .first()
+        .and_then(|i| i.instance_id())
+        .map(str::to_string)
+        .ok_or_else(|| format!("run instance {instance_type}: no instance id in the answer"))
+}
