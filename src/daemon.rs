@@ -361,7 +361,7 @@ fn figures_of(cfg: &Config, report: &Report) -> HostFigures {
             .cluster
             .clone()
             .unwrap_or_else(|| cfg.agent.cluster.clone()),
-        instance_id: crate::assess::host_input(s).name,
+        instance_id: report.capacity.name.clone(),
         autoscaling_group: non_empty(&cfg.drain.autoscaling_group),
         cpu_used_cores: s.usage.as_ref().and_then(|u| u.cpu_cores),
         memory_used_bytes: s.usage.as_ref().and_then(|u| u.working_set_bytes),
