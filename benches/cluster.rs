@@ -6,8 +6,7 @@
 //! - `cluster offline process/2000 hosts x 50 shapes`: the whole `ecs-capacity-agent cluster`
 //!   process on those files (issue 4's figure, budget 50 ms).
 //!
-//! Run optimized with the shared target dir:
-//! `CARGO_TARGET_DIR=/work/bench-target cargo bench --bench cluster`
+//! Run: `cargo bench --bench cluster`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -254,7 +254,7 @@ fn start_drain(
     );
     let settings = Settings::from_config(&cfg.drain);
     let (runner, handles) = Runner::new(settings.clone(), open()?, effects.clone(), health.clone());
-    let (shutdown, _) = Runner::new(settings, open()?, effects, health.clone());
+    let (shutdown, _) = Runner::new(settings, open()?, effects.clone(), health.clone());
     // Bounded: the pollers send a notice once when it appears and again only when it changes.
     let (tx, rx) = mpsc::channel(32);
     imds::spawn_pollers(
@@ -266,6 +266,8 @@ fn start_drain(
         health.clone(),
     );
     tracker.spawn(runner.run(rx, token.clone()));
+    let resolving = token.clone();
+    tracker.spawn(async move { effects.resolve_ahead(&resolving).await });
     Ok(Some(DrainParts {
         status: handles.status,
         shutdown,

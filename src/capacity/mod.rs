@@ -29,6 +29,7 @@ pub use shape::{
 };
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -245,7 +246,10 @@ pub struct HostResources {
 /// How many more copies of one shape fit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ShapeFit {
-    pub name: String,
+    /// Shared by every host's entry for the shape: a cluster of 2,000 hosts and 50 shapes has
+    /// 100,000 of them, and one string allocation each was a tenth of `cluster`'s time.
+    #[serde(serialize_with = "serialize_name")]
+    pub name: Arc<str>,
     /// Null when nothing the shape needs constrains.
     pub fits: Option<u64>,
 }
@@ -397,11 +401,29 @@ fn port_figures(
     }
 }
 
+fn serialize_name<S: serde::Serializer>(name: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(name)
+}
+
+fn shape_names(shapes: &[TaskShape]) -> Vec<Arc<str>> {
+    shapes.iter().map(|s| Arc::from(s.name.as_str())).collect()
+}
+
 /// One host against the largest task and every shape.
 pub fn host_report(
     host: &HostInput,
     largest: Option<&TaskShape>,
     shapes: &[TaskShape],
+) -> HostReport {
+    host_report_named(host, largest, shapes, &shape_names(shapes))
+}
+
+/// `host_report` with the shapes' names made once for all hosts.
+fn host_report_named(
+    host: &HostInput,
+    largest: Option<&TaskShape>,
+    shapes: &[TaskShape],
+    names: &[Arc<str>],
 ) -> HostReport {
     let per_resource = HostResources {
         cpu: resource_figures(host.cpu_units, host, largest, Resource::Cpu),
@@ -419,8 +441,9 @@ pub fn host_report(
         per_resource,
         shapes: shapes
             .iter()
-            .map(|s| ShapeFit {
-                name: s.name.clone(),
+            .zip(names)
+            .map(|(s, name)| ShapeFit {
+                name: name.clone(),
                 fits: fits(host, s),
             })
             .collect(),
@@ -440,9 +463,10 @@ pub fn compute(hosts: &[HostInput], shapes: &[TaskShape], scale_out_threshold: f
         .cloned()
         .collect();
     let largest = largest_task(&shapes);
+    let names = shape_names(&shapes);
     let host_reports: Vec<HostReport> = hosts
         .iter()
-        .map(|h| host_report(h, largest.as_ref(), &shapes))
+        .map(|h| host_report_named(h, largest.as_ref(), &shapes, &names))
         .collect();
 
     let total = |r: Resource| -> Option<ResourceTotal> {
@@ -488,11 +512,11 @@ pub fn compute(hosts: &[HostInput], shapes: &[TaskShape], scale_out_threshold: f
         .reduce(f64::min)
         .unwrap_or(0.0);
     let idle_host_capacity_conservative = host_reports.iter().filter_map(|h| h.idle_fraction).sum();
-    let shape_totals = shapes
+    let shape_totals = names
         .iter()
         .enumerate()
-        .map(|(i, s)| ShapeFit {
-            name: s.name.clone(),
+        .map(|(i, name)| ShapeFit {
+            name: name.clone(),
             fits: host_reports
                 .iter()
                 .filter_map(|h| h.shapes[i].fits)

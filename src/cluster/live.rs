@@ -82,7 +82,7 @@ async fn container_instances(
     Ok(out)
 }
 
-fn raw(list: &[aws_sdk_ecs::types::Resource]) -> Vec<RawResource<'_>> {
+fn raw(list: &[aws_sdk_ecs::types::Resource]) -> Vec<RawResource<'_, String>> {
     list.iter()
         .map(|r| RawResource {
             name: r.name().unwrap_or_default(),

@@ -11,8 +11,10 @@ use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use futures_util::future::BoxFuture;
 use tokio::sync::{OnceCell, watch};
+use tokio_util::sync::CancellationToken;
 
 use super::Effects;
+use crate::retry::Backoff;
 use super::machine::{Failure, FailureKind, Hook, LifecycleResult};
 
 /// Auto Scaling's default HeartbeatTimeout when a hook does not say (3600 s).
@@ -92,6 +94,27 @@ impl AwsEffects {
             .get_or_try_init(|| self.find_container_instance())
             .await
             .cloned()
+    }
+
+    /// Looks up this instance's container instance ARN before any notice arrives, so that starting a
+    /// drain costs one request (UpdateContainerInstancesState) instead of three. Tries again with
+    /// backoff (5 s up to 5 min) until found or `token` is cancelled: at boot the ECS agent may
+    /// register this instance after the daemon starts. A drain that begins first looks it up itself.
+    pub async fn resolve_ahead(&self, token: &CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(300));
+        loop {
+            match self.container_instance_arn().await {
+                Ok(_) => return,
+                Err(f) if backoff.attempts() == 0 => {
+                    tracing::info!(reason = %f.message, "container instance not found yet; looking again with backoff");
+                }
+                Err(f) => tracing::debug!(reason = %f.message, "container instance still not found"),
+            }
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
     }
 
     async fn find_container_instance(&self) -> Result<String, Failure> {

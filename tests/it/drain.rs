@@ -8,12 +8,16 @@ use aws_sdk_ecs::config::Credentials;
 use ecs_capacity_agent::drain::{
     AwsEffects, DrainStatus, Runner, Settings, Store, Target, drain_before_shutdown,
 };
+use ecs_capacity_agent::config::ImdsConfig;
+use ecs_capacity_agent::imds;
 use ecs_capacity_agent::metrics::Health;
 use ecs_capacity_agent::notice::{Notice, SpotAction};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::require;
+use crate::support::imds::{Fault, FakeImds};
 use crate::support::lifecycle::LifecycleProxy;
 use crate::support::moto::{Moto, run_instance};
 
@@ -135,13 +139,18 @@ async fn world() -> Result<World, String> {
 
 impl World {
     fn effects(&self) -> AwsEffects {
+        self.effects_for_group(Some(GROUP))
+    }
+
+    /// `group: None` finds the group through DescribeAutoScalingInstances, as an unconfigured daemon does.
+    fn effects_for_group(&self, group: Option<&str>) -> AwsEffects {
         AwsEffects::new(
             &self.sdk,
             Target {
                 cluster: CLUSTER.into(),
                 instance_id: self.instance.clone(),
                 container_instance_arn: None,
-                autoscaling_group: Some(GROUP.into()),
+                autoscaling_group: group.map(str::to_string),
                 lifecycle_hook: None,
             },
         )
@@ -197,10 +206,14 @@ struct Running {
 }
 
 fn start(world: &World, dir: &std::path::Path) -> Running {
+    start_with(world.effects(), dir)
+}
+
+fn start_with(effects: AwsEffects, dir: &std::path::Path) -> Running {
     let (runner, handles) = Runner::new(
         settings(),
         Store::open(dir).expect("state dir"),
-        world.effects(),
+        effects,
         Arc::new(Health::default()),
     );
     let (tx, rx) = mpsc::channel(16);
@@ -297,6 +310,165 @@ async fn autoscaling_termination_heartbeats_while_tasks_remain_then_continues_on
     ));
     r.token.cancel();
     r.task.await.unwrap();
+}
+
+/// The group is not configured: the drain finds it through DescribeAutoScalingInstances (the instance
+/// is attached to a real group in moto) and its terminating hook through DescribeLifecycleHooks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscaling_group_and_hook_are_found_from_the_instance_id() {
+    const FOUND_GROUP: &str = "found-asg";
+    const FOUND_HOOK: &str = "found-hook";
+    let w = require!(world().await, "moto");
+    let asg = aws_sdk_autoscaling::Client::new(&w.sdk);
+    asg.create_launch_configuration()
+        .launch_configuration_name("found-lc")
+        .image_id("ami-12c6146b")
+        .instance_type("c5.large")
+        .send()
+        .await
+        .expect("launch configuration");
+    asg.create_auto_scaling_group()
+        .auto_scaling_group_name(FOUND_GROUP)
+        .launch_configuration_name("found-lc")
+        .min_size(0)
+        .max_size(2)
+        .desired_capacity(0)
+        .availability_zones("us-east-1a")
+        .send()
+        .await
+        .expect("auto scaling group");
+    asg.attach_instances()
+        .auto_scaling_group_name(FOUND_GROUP)
+        .instance_ids(&w.instance)
+        .send()
+        .await
+        .expect("attach this instance to the group");
+    // A launching hook on the same group, which must not be taken for the terminating one.
+    for (name, transition) in [
+        ("launch-hook", "autoscaling:EC2_INSTANCE_LAUNCHING"),
+        (FOUND_HOOK, "autoscaling:EC2_INSTANCE_TERMINATING"),
+    ] {
+        asg.put_lifecycle_hook()
+            .auto_scaling_group_name(FOUND_GROUP)
+            .lifecycle_hook_name(name)
+            .lifecycle_transition(transition)
+            .heartbeat_timeout(3)
+            .send()
+            .await
+            .expect("lifecycle hook");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let r = start_with(w.effects_for_group(None), dir.path());
+    r.tx.send(Notice::AutoScalingTerminated {
+        seen_at: SystemTime::now(),
+    })
+    .await
+    .unwrap();
+    until(30, "a heartbeat", async || {
+        !w.proxy
+            .calls_of("RecordLifecycleActionHeartbeat")
+            .is_empty()
+    })
+    .await;
+    let lookups = w.proxy.calls_of("DescribeAutoScalingInstances");
+    assert_eq!(lookups.len(), 1, "looked up once: {lookups:?}");
+    assert_eq!(lookups[0].param("InstanceIds.member.1"), Some(w.instance.as_str()));
+    let hb = &w.proxy.calls_of("RecordLifecycleActionHeartbeat")[0];
+    assert_eq!(hb.param("AutoScalingGroupName"), Some(FOUND_GROUP));
+    assert_eq!(hb.param("LifecycleHookName"), Some(FOUND_HOOK));
+    w.stop_task().await;
+    until(30, "CONTINUE", async || w.continues() == 1).await;
+    let done = &w.proxy.calls_of("CompleteLifecycleAction")[0];
+    assert_eq!(done.param("AutoScalingGroupName"), Some(FOUND_GROUP));
+    assert_eq!(done.param("LifecycleHookName"), Some(FOUND_HOOK));
+    assert_eq!(done.param("InstanceId"), Some(w.instance.as_str()));
+    r.token.cancel();
+    r.task.await.unwrap();
+}
+
+/// The daemon's wiring (IMDS pollers → drain runner → ECS) while IMDS misbehaves: 500s, garbage,
+/// answers slower than the client's timeout and a malformed notice are survived and never drain;
+/// the real notice that follows is acted on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imds_errors_garbage_and_timeouts_then_the_notice_is_acted_on() {
+    let w = require!(world().await, "moto");
+    let fake = FakeImds::start().await;
+    let cfg = ImdsConfig {
+        poll_interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(300),
+        ..ImdsConfig::default()
+    };
+    let client = imds::Client::with_endpoint(&cfg, &fake.url()).expect("IMDS client");
+    let health = Arc::new(Health::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (runner, handles) = Runner::new(
+        settings(),
+        Store::open(dir.path()).unwrap(),
+        w.effects(),
+        health.clone(),
+    );
+    let (tx, rx) = mpsc::channel(32);
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    imds::spawn_pollers(
+        Arc::new(client),
+        &cfg,
+        tx,
+        token.clone(),
+        &tracker,
+        health.clone(),
+    );
+    tracker.spawn(runner.run(rx, token.clone()));
+    tracker.close();
+
+    const SPOT: &str = "spot/instance-action";
+    let polls_pass = async |n: u64| {
+        let seen = fake.requests(SPOT);
+        until(60, "the spot path polled again", async || {
+            fake.requests(SPOT) >= seen + n
+        })
+        .await;
+    };
+    polls_pass(2).await;
+    fake.set_fault(Some(Fault::Status(500)));
+    polls_pass(3).await;
+    fake.set_fault(Some(Fault::Garbage("<html>oops</html>".into())));
+    polls_pass(3).await;
+    fake.set_fault(Some(Fault::Hang(Duration::from_secs(2))));
+    polls_pass(2).await;
+    fake.set_fault(None);
+    // A notice whose time is not a time is malformed, not a drain.
+    fake.set(SPOT, r#"{"action":"terminate","time":"soon"}"#);
+    polls_pass(3).await;
+    assert!(
+        w.proxy.calls_of("UpdateContainerInstancesState").is_empty(),
+        "errors and garbage drained the instance"
+    );
+    assert!(matches!(*handles.status.borrow(), DrainStatus::Idle { .. }));
+    let errors = health.errors();
+    for kind in ["imds_status", "imds_timeout", "imds_malformed"] {
+        assert!(
+            errors.get(kind).copied().unwrap_or(0) > 0,
+            "{kind} not counted: {errors:?}"
+        );
+    }
+
+    let stamp = time::OffsetDateTime::now_utc() + time::Duration::minutes(2);
+    let stamp = stamp
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    fake.set(SPOT, &format!(r#"{{"action":"terminate","time":"{stamp}"}}"#));
+    until(30, "DRAINING in moto", async || {
+        w.status_in_ecs().await == "DRAINING"
+    })
+    .await;
+    assert!(matches!(*handles.status.borrow(), DrainStatus::Draining { .. }));
+    assert_eq!(w.proxy.calls_of("UpdateContainerInstancesState").len(), 1);
+    token.cancel();
+    tracker.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
