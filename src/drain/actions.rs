@@ -14,8 +14,8 @@ use tokio::sync::{OnceCell, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Effects;
-use crate::retry::Backoff;
 use super::machine::{Failure, FailureKind, Hook, LifecycleResult};
+use crate::retry::Backoff;
 
 /// Auto Scaling's default HeartbeatTimeout when a hook does not say (3600 s).
 const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -108,7 +108,9 @@ impl AwsEffects {
                 Err(f) if backoff.attempts() == 0 => {
                     tracing::info!(reason = %f.message, "container instance not found yet; looking again with backoff");
                 }
-                Err(f) => tracing::debug!(reason = %f.message, "container instance still not found"),
+                Err(f) => {
+                    tracing::debug!(reason = %f.message, "container instance still not found")
+                }
             }
             tokio::select! {
                 _ = token.cancelled() => return,

@@ -5,10 +5,10 @@ use std::time::{Duration, SystemTime};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ecs::config::Credentials;
+use ecs_capacity_agent::config::ImdsConfig;
 use ecs_capacity_agent::drain::{
     AwsEffects, DrainStatus, Runner, Settings, Store, Target, drain_before_shutdown,
 };
-use ecs_capacity_agent::config::ImdsConfig;
 use ecs_capacity_agent::imds;
 use ecs_capacity_agent::metrics::Health;
 use ecs_capacity_agent::notice::{Notice, SpotAction};
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::require;
-use crate::support::imds::{Fault, FakeImds};
+use crate::support::imds::{FakeImds, Fault};
 use crate::support::lifecycle::LifecycleProxy;
 use crate::support::moto::{Moto, run_instance};
 
@@ -373,7 +373,10 @@ async fn autoscaling_group_and_hook_are_found_from_the_instance_id() {
     .await;
     let lookups = w.proxy.calls_of("DescribeAutoScalingInstances");
     assert_eq!(lookups.len(), 1, "looked up once: {lookups:?}");
-    assert_eq!(lookups[0].param("InstanceIds.member.1"), Some(w.instance.as_str()));
+    assert_eq!(
+        lookups[0].param("InstanceIds.member.1"),
+        Some(w.instance.as_str())
+    );
     let hb = &w.proxy.calls_of("RecordLifecycleActionHeartbeat")[0];
     assert_eq!(hb.param("AutoScalingGroupName"), Some(FOUND_GROUP));
     assert_eq!(hb.param("LifecycleHookName"), Some(FOUND_HOOK));
@@ -460,12 +463,18 @@ async fn imds_errors_garbage_and_timeouts_then_the_notice_is_acted_on() {
         .unwrap()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
-    fake.set(SPOT, &format!(r#"{{"action":"terminate","time":"{stamp}"}}"#));
+    fake.set(
+        SPOT,
+        &format!(r#"{{"action":"terminate","time":"{stamp}"}}"#),
+    );
     until(30, "DRAINING in moto", async || {
         w.status_in_ecs().await == "DRAINING"
     })
     .await;
-    assert!(matches!(*handles.status.borrow(), DrainStatus::Draining { .. }));
+    assert!(matches!(
+        *handles.status.borrow(),
+        DrainStatus::Draining { .. }
+    ));
     assert_eq!(w.proxy.calls_of("UpdateContainerInstancesState").len(), 1);
     token.cancel();
     tracker.wait().await;
