@@ -57,8 +57,8 @@ fn read_text(path: &Path, what: &str) -> Result<String, Error> {
 }
 
 /// Parses `text`. The fast path is plain serde_json; only a document that fails is parsed again
-/// with `serde_path_to_error`, to say where (tracking the path costs about half again on the
-/// 5 MB describe-container-instances of a 2,000-instance cluster).
+/// with `serde_path_to_error`, to say where: tracking the path of every value is work only a
+/// failure needs (a 2,000-instance describe-container-instances is 5 MB).
 fn parse<'de, T: Deserialize<'de>>(path: &Path, what: &str, text: &'de str) -> Result<T, Error> {
     if let Ok(v) = serde_json::from_str(text) {
         return Ok(v);
@@ -177,8 +177,8 @@ struct AttributeJson<'a> {
     value: Option<Text<'a>>,
 }
 
-/// A resource as the API reports it, shared with the live path (`S`: `String` there, a borrowed
-/// `Cow<str>` here).
+/// A resource as the API reports it, shared with the live path (`S`: the SDK's `String` there,
+/// `Text` borrowed from the file here).
 pub(crate) struct RawResource<'a, S> {
     pub name: &'a str,
     pub integer_value: i64,

@@ -103,7 +103,12 @@ impl AwsEffects {
     pub async fn resolve_ahead(&self, token: &CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(300));
         loop {
-            match self.container_instance_arn().await {
+            // Cancellable mid-request too: a slow ECS must not hold up the daemon's shutdown.
+            let found = tokio::select! {
+                _ = token.cancelled() => return,
+                found = self.container_instance_arn() => found,
+            };
+            match found {
                 Ok(_) => return,
                 Err(f) if backoff.attempts() == 0 => {
                     tracing::info!(reason = %f.message, "container instance not found yet; looking again with backoff");

@@ -480,6 +480,59 @@ async fn imds_errors_garbage_and_timeouts_then_the_notice_is_acted_on() {
     tracker.wait().await;
 }
 
+/// The daemon looks its container instance up at start (`resolve_ahead`), so a notice costs one
+/// request: after it, no ListContainerInstances, and the DRAINING update goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_instance_looked_up_ahead_leaves_the_drain_one_request() {
+    let w = require!(world().await, "moto");
+    let effects = Arc::new(w.effects());
+    // The world's set-up listed the instances once already.
+    let listed = w.proxy.calls_of("ListContainerInstances").len();
+    effects.resolve_ahead(&CancellationToken::new()).await;
+    assert_eq!(w.proxy.calls_of("ListContainerInstances").len(), listed + 1);
+    assert_eq!(
+        effects.container_instance_arn().await.ok().as_deref(),
+        Some(w.container_instance.as_str())
+    );
+    let before = w.proxy.calls().len();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (runner, _handles) = Runner::new(
+        settings(),
+        Store::open(dir.path()).unwrap(),
+        effects.clone(),
+        Arc::new(Health::default()),
+    );
+    let (tx, rx) = mpsc::channel(4);
+    let token = CancellationToken::new();
+    let task = tokio::spawn(runner.run(rx, token.clone()));
+    tx.send(spot_notice()).await.unwrap();
+    until(30, "DRAINING in moto", async || {
+        w.status_in_ecs().await == "DRAINING"
+    })
+    .await;
+    token.cancel();
+    task.await.unwrap();
+    let after: Vec<String> = w.proxy.calls()[before..]
+        .iter()
+        .map(|c| c.action.clone())
+        .collect();
+    // DescribeContainerInstances: this test's own status polls and the drain's task count.
+    assert!(
+        after
+            .iter()
+            .all(|a| a == "UpdateContainerInstancesState" || a == "DescribeContainerInstances"),
+        "{after:?}"
+    );
+    assert_eq!(
+        after
+            .iter()
+            .filter(|a| *a == "UpdateContainerInstancesState")
+            .count(),
+        1
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_drain_and_restarted_resumes_and_continues_exactly_once() {
     let w = require!(world().await, "moto");
