@@ -27,7 +27,7 @@ const HOOK: &str = "drain-hook";
 
 /// moto, the proxy in front of it, an SDK config for the proxy, a container instance running one task.
 struct World {
-    _moto: Moto,
+    moto: Moto,
     proxy: LifecycleProxy,
     sdk: SdkConfig,
     ecs: aws_sdk_ecs::Client,
@@ -127,7 +127,7 @@ async fn world() -> Result<World, String> {
         .await
         .map_err(|e| format!("lifecycle hook: {e:?}"))?;
     Ok(World {
-        _moto: moto,
+        moto,
         proxy,
         sdk,
         ecs,
@@ -478,6 +478,79 @@ async fn imds_errors_garbage_and_timeouts_then_the_notice_is_acted_on() {
     assert_eq!(w.proxy.calls_of("UpdateContainerInstancesState").len(), 1);
     token.cancel();
     tracker.wait().await;
+}
+
+/// Tasks of an ignored family (a daemon service such as a log router) are not waited for; the
+/// others are. Counting with ignored families goes through ListTasks + DescribeTasks, so moto's task
+/// states are pinned: RUNNING until stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignored_families_are_not_waited_for() {
+    let w = require!(world().await, "moto");
+    w.moto.pin_task_states().await;
+    w.ecs
+        .register_task_definition()
+        .family("log-router")
+        .container_definitions(
+            aws_sdk_ecs::types::ContainerDefinition::builder()
+                .name("log-router")
+                .image("busybox")
+                .cpu(64)
+                .memory(32)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("task definition");
+    w.ecs
+        .start_task()
+        .cluster(CLUSTER)
+        .task_definition("log-router")
+        .container_instances(&w.container_instance)
+        .send()
+        .await
+        .expect("start the daemon task");
+
+    let dir = tempfile::tempdir().unwrap();
+    let r = start_with(
+        w.effects()
+            .with_ignored_families(vec!["log-router".to_string()]),
+        dir.path(),
+    );
+    r.tx.send(spot_notice()).await.unwrap();
+    let mut status = r.status.clone();
+    until(30, "DRAINING, waiting for web only", async || {
+        matches!(
+            *status.borrow_and_update(),
+            DrainStatus::Draining {
+                tasks_remaining: Some(1),
+                ..
+            }
+        )
+    })
+    .await;
+    // Several counts later (one per 200 ms), web is still waited for.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        matches!(
+            *r.status.borrow(),
+            DrainStatus::Draining {
+                tasks_remaining: Some(1),
+                ..
+            }
+        ),
+        "{:?}",
+        *r.status.borrow()
+    );
+    assert!(w.proxy.calls_of("DescribeTasks").len() >= 3);
+    w.stop_task().await;
+    until(
+        30,
+        "drained with the log router still running",
+        async || matches!(*status.borrow_and_update(), DrainStatus::Drained { .. }),
+    )
+    .await;
+    r.token.cancel();
+    r.task.await.unwrap();
 }
 
 /// The daemon looks its container instance up at start (`resolve_ahead`), so a notice costs one

@@ -92,6 +92,26 @@ impl Moto {
         assert!(status.is_success(), "moto reset answered {status}");
     }
 
+    /// Keeps ECS tasks RUNNING until they are stopped. moto otherwise moves a task one status on
+    /// (RUNNING → DEACTIVATING → … → STOPPED) each time it is described, so a drain that counts its
+    /// tasks with DescribeTasks would see them stop by themselves.
+    pub async fn pin_task_states(&self) {
+        let status = reqwest::Client::new()
+            .post(format!(
+                "{}/moto-api/state-manager/set-transition",
+                self.url
+            ))
+            .json(&serde_json::json!({
+                "model_name": "ecs::task",
+                "transition": {"progression": "manual", "times": 1_000_000}
+            }))
+            .send()
+            .await
+            .expect("moto set-transition")
+            .status();
+        assert!(status.is_success(), "moto set-transition answered {status}");
+    }
+
     /// SDK configuration pointing every service at this moto, with fake credentials and region, so no
     /// call can reach IMDS or AWS.
     pub async fn sdk_config(&self) -> SdkConfig {
