@@ -22,8 +22,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-const SPOT: &str = "spot/instance-action";
-
 fn main() {
     let samples = support::env_number("NOTICE_SAMPLES", 120) as usize;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -59,13 +57,7 @@ async fn run(samples: usize) {
         let phase = interval.mul_f64(rand::rng().random_range(0.0..1.0));
         tokio::time::sleep(phase).await;
         let time = base + Duration::from_secs(i as u64);
-        let stamp = time::OffsetDateTime::from(time)
-            .format(&time::format_description::well_known::Rfc3339)
-            .expect("format");
-        fake.set(
-            SPOT,
-            &format!(r#"{{"action":"terminate","time":"{stamp}"}}"#),
-        );
+        fake.set_spot_terminate(time);
         let published = Instant::now();
         loop {
             let n = tokio::time::timeout(Duration::from_secs(10), rx.recv())
@@ -81,20 +73,8 @@ async fn run(samples: usize) {
     token.cancel();
     tracker.wait().await;
 
-    let s = support::summarize(&mut latencies);
-    println!(
-        "notice_latency (IMDS notice → Notice on the channel, poll {interval:?}, {} samples): \
-         p50 {:.3} s  p90 {:.3} s  p99 {:.3} s  max {:.3} s  mean {:.3} s",
-        s.n,
-        s.p50.as_secs_f64(),
-        s.p90.as_secs_f64(),
-        s.p99.as_secs_f64(),
-        s.max.as_secs_f64(),
-        s.mean.as_secs_f64()
-    );
-    let ok = s.p50 <= Duration::from_millis(600) && s.p99 <= Duration::from_millis(1200);
-    println!(
-        "target p50 ≤ 0.600 s, p99 ≤ 1.200 s: {}",
-        if ok { "met" } else { "NOT MET" }
+    support::report_latency(
+        &format!("notice_latency (IMDS notice → Notice on the channel, poll {interval:?})"),
+        &mut latencies,
     );
 }

@@ -36,6 +36,25 @@ pub fn summarize(samples: &mut [Duration]) -> Summary {
     }
 }
 
+/// Prints `label`'s latency summary and whether it meets the drain target (p50 ≤ 0.6 s, p99 ≤ 1.2 s).
+pub fn report_latency(label: &str, latencies: &mut [Duration]) {
+    let s = summarize(latencies);
+    println!(
+        "{label}, {} samples: p50 {:.3} s  p90 {:.3} s  p99 {:.3} s  max {:.3} s  mean {:.3} s",
+        s.n,
+        s.p50.as_secs_f64(),
+        s.p90.as_secs_f64(),
+        s.p99.as_secs_f64(),
+        s.max.as_secs_f64(),
+        s.mean.as_secs_f64()
+    );
+    let ok = s.p50 <= Duration::from_millis(600) && s.p99 <= Duration::from_millis(1200);
+    println!(
+        "target p50 ≤ 0.600 s, p99 ≤ 1.200 s: {}",
+        if ok { "met" } else { "NOT MET" }
+    );
+}
+
 /// A positive number from the environment, or `default`.
 pub fn env_number(name: &str, default: u64) -> u64 {
     match std::env::var(name) {

@@ -2,7 +2,7 @@
 //! appears in IMDS ends with this instance DRAINING in ECS, and `status` then reports the drain.
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_ecs::types::ContainerInstanceStatus;
 
@@ -97,14 +97,7 @@ enabled = ["stdout"]
         Some(ContainerInstanceStatus::Active)
     );
 
-    let in_two_minutes = time::OffsetDateTime::now_utc() + time::Duration::minutes(2);
-    let when = in_two_minutes
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
-    imds.set(
-        "spot/instance-action",
-        &format!(r#"{{"action":"terminate","time":"{}Z"}}"#, &when[..19]),
-    );
+    imds.set_spot_terminate(SystemTime::now() + Duration::from_secs(120));
 
     let mut draining = false;
     for _ in 0..150 {

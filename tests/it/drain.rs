@@ -7,7 +7,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ecs::config::Credentials;
 use ecs_capacity_agent::config::ImdsConfig;
 use ecs_capacity_agent::drain::{
-    AwsEffects, DrainStatus, Runner, Settings, Store, Target, drain_before_shutdown,
+    AwsEffects, DrainStatus, Effects, Runner, Settings, Store, Target, drain_before_shutdown,
 };
 use ecs_capacity_agent::imds;
 use ecs_capacity_agent::metrics::Health;
@@ -209,7 +209,7 @@ fn start(world: &World, dir: &std::path::Path) -> Running {
     start_with(world.effects(), dir)
 }
 
-fn start_with(effects: AwsEffects, dir: &std::path::Path) -> Running {
+fn start_with(effects: impl Effects, dir: &std::path::Path) -> Running {
     let (runner, handles) = Runner::new(
         settings(),
         Store::open(dir).expect("state dir"),
@@ -425,13 +425,11 @@ async fn imds_errors_garbage_and_timeouts_then_the_notice_is_acted_on() {
     tracker.spawn(runner.run(rx, token.clone()));
     tracker.close();
 
-    const SPOT: &str = "spot/instance-action";
     let polls_pass = async |n: u64| {
-        let seen = fake.requests(SPOT);
-        until(60, "the spot path polled again", async || {
-            fake.requests(SPOT) >= seen + n
-        })
-        .await;
+        assert!(
+            fake.polls_pass(n, Duration::from_secs(60)).await,
+            "the pollers stopped polling"
+        );
     };
     polls_pass(2).await;
     fake.set_fault(Some(Fault::Status(500)));
@@ -442,7 +440,10 @@ async fn imds_errors_garbage_and_timeouts_then_the_notice_is_acted_on() {
     polls_pass(2).await;
     fake.set_fault(None);
     // A notice whose time is not a time is malformed, not a drain.
-    fake.set(SPOT, r#"{"action":"terminate","time":"soon"}"#);
+    fake.set(
+        "spot/instance-action",
+        r#"{"action":"terminate","time":"soon"}"#,
+    );
     polls_pass(3).await;
     assert!(
         w.proxy.calls_of("UpdateContainerInstancesState").is_empty(),
@@ -457,16 +458,7 @@ async fn imds_errors_garbage_and_timeouts_then_the_notice_is_acted_on() {
         );
     }
 
-    let stamp = time::OffsetDateTime::now_utc() + time::Duration::minutes(2);
-    let stamp = stamp
-        .replace_nanosecond(0)
-        .unwrap()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
-    fake.set(
-        SPOT,
-        &format!(r#"{{"action":"terminate","time":"{stamp}"}}"#),
-    );
+    fake.set_spot_terminate(SystemTime::now() + Duration::from_secs(120));
     until(30, "DRAINING in moto", async || {
         w.status_in_ecs().await == "DRAINING"
     })
@@ -570,22 +562,14 @@ async fn container_instance_looked_up_ahead_leaves_the_drain_one_request() {
     let before = w.proxy.calls().len();
 
     let dir = tempfile::tempdir().unwrap();
-    let (runner, _handles) = Runner::new(
-        settings(),
-        Store::open(dir.path()).unwrap(),
-        effects.clone(),
-        Arc::new(Health::default()),
-    );
-    let (tx, rx) = mpsc::channel(4);
-    let token = CancellationToken::new();
-    let task = tokio::spawn(runner.run(rx, token.clone()));
-    tx.send(spot_notice()).await.unwrap();
+    let r = start_with(effects.clone(), dir.path());
+    r.tx.send(spot_notice()).await.unwrap();
     until(30, "DRAINING in moto", async || {
         w.status_in_ecs().await == "DRAINING"
     })
     .await;
-    token.cancel();
-    task.await.unwrap();
+    r.token.cancel();
+    r.task.await.unwrap();
     let after: Vec<String> = w.proxy.calls()[before..]
         .iter()
         .map(|c| c.action.clone())

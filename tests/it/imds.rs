@@ -92,19 +92,10 @@ impl Pollers {
 
 /// Waits until every notice path has been polled at least `more` more times than now.
 async fn polls_pass(fake: &FakeImds, more: u64) {
-    let base: Vec<u64> = [SPOT, LIFECYCLE, REBALANCE, SCHEDULED]
-        .iter()
-        .map(|p| fake.requests(p))
-        .collect();
-    let done = eventually(PATIENCE, || async {
-        [SPOT, LIFECYCLE, REBALANCE, SCHEDULED]
-            .iter()
-            .zip(&base)
-            .all(|(p, b)| fake.requests(p) >= b + more)
-            .then_some(())
-    })
-    .await;
-    assert!(done.is_some(), "the pollers stopped polling");
+    assert!(
+        fake.polls_pass(more, PATIENCE).await,
+        "the pollers stopped polling"
+    );
 }
 
 fn unix(t: SystemTime) -> u64 {

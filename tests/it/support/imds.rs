@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -106,6 +106,44 @@ impl FakeImds {
     /// Makes `path` answer 404 again.
     pub fn remove(&self, path: &str) {
         self.lock().values.remove(path.trim_matches('/'));
+    }
+
+    /// Serves a spot interruption notice: `terminate` at `time`, in whole seconds UTC as IMDS
+    /// writes it (`2017-09-18T08:22:00Z`).
+    pub fn set_spot_terminate(&self, time: SystemTime) {
+        let at = time::OffsetDateTime::from(time)
+            .format(time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
+            ))
+            .expect("format a spot notice time");
+        self.set(
+            "spot/instance-action",
+            &format!(r#"{{"action":"terminate","time":"{at}"}}"#),
+        );
+    }
+
+    /// Waits until each notice path has been polled at least `more` more times than now; false
+    /// when that takes longer than `limit` (the pollers stopped).
+    pub async fn polls_pass(&self, more: u64, limit: Duration) -> bool {
+        const PATHS: [&str; 4] = [
+            "spot/instance-action",
+            "autoscaling/target-lifecycle-state",
+            "events/recommendations/rebalance",
+            "events/maintenance/scheduled",
+        ];
+        let base = PATHS.map(|p| self.requests(p));
+        let start = Instant::now();
+        while !PATHS
+            .iter()
+            .zip(base)
+            .all(|(p, b)| self.requests(p) >= b + more)
+        {
+            if start.elapsed() > limit {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
     }
 
     /// GETs seen for `path` (with or without a valid token).
