@@ -2,6 +2,14 @@ use std::collections::BTreeMap;
 
 use super::*;
 
+/// The `index`-th one-minute period.
+fn minute(index: u64) -> Period {
+    Period {
+        index,
+        length_secs: 60,
+    }
+}
+
 fn at(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
 }
@@ -260,10 +268,7 @@ fn batches_split_past_a_megabyte() {
 fn pending(index: u64, n: usize) -> Pending {
     let d = datums(&figures(), &cfg(false));
     Pending {
-        period: Period {
-            index,
-            length_secs: 60,
-        },
+        period: minute(index),
         datums: d.iter().cycle().take(n).cloned().collect(),
     }
 }
@@ -298,13 +303,7 @@ async fn a_full_buffer_drops_the_oldest_period_and_counts_it() {
     let mut p = publisher(2);
     let f = figures();
     for i in 0..3 {
-        p.claim(
-            Period {
-                index: i,
-                length_secs: 60,
-            },
-            Some(&f),
-        );
+        p.claim(minute(i), Some(&f));
     }
     let kept: Vec<_> = p.buffer.iter().map(|x| x.period.index).collect();
     assert_eq!(kept, vec![1, 2]);
@@ -314,13 +313,7 @@ async fn a_full_buffer_drops_the_oldest_period_and_counts_it() {
 #[tokio::test]
 async fn no_observation_means_no_period() {
     let mut p = publisher(2);
-    p.claim(
-        Period {
-            index: 1,
-            length_secs: 60,
-        },
-        None,
-    );
+    p.claim(minute(1), None);
     assert_eq!(p.buffered_periods(), 0);
     assert_eq!(p.claimed, None);
 }
@@ -334,39 +327,15 @@ async fn unsent_periods_stay_ambiguous_and_rejected_ones_go() {
         (Failure::Rejected, 0),
     ] {
         let mut p = publisher(5);
-        p.claim(
-            Period {
-                index: 1,
-                length_secs: 60,
-            },
-            Some(&f),
-        );
-        p.claim(
-            Period {
-                index: 2,
-                length_secs: 60,
-            },
-            Some(&f),
-        );
+        p.claim(minute(1), Some(&f));
+        p.claim(minute(2), Some(&f));
         assert!(!p.settle(2, Err(failure)));
         assert_eq!(p.buffered_periods(), left, "{failure:?}");
         assert_eq!(p.health.errors().get(failure.health_kind()), Some(&1));
     }
     let mut p = publisher(5);
-    p.claim(
-        Period {
-            index: 1,
-            length_secs: 60,
-        },
-        Some(&f),
-    );
-    p.claim(
-        Period {
-            index: 2,
-            length_secs: 60,
-        },
-        Some(&f),
-    );
+    p.claim(minute(1), Some(&f));
+    p.claim(minute(2), Some(&f));
     assert!(p.settle(1, Ok(())), "the backlog goes out at once");
     assert!(!p.settle(1, Ok(())));
     assert_eq!(p.buffered_periods(), 0);
