@@ -156,6 +156,24 @@ fn cluster(args: ClusterArgs) -> Result<(), Error> {
     }
 }
 
+/// `drain` and `activate`: with the configuration loaded and this instance's id resolved (flag,
+/// config or IMDS), runs `act` and prints the drain's status.
+fn on_this_instance(
+    config: Option<PathBuf>,
+    instance_id: Option<String>,
+    act: impl AsyncFnOnce(&config::Config, String) -> Result<crate::drain::DrainStatus, Error>,
+) -> Result<(), Error> {
+    let loaded = load_config(config.as_deref())?;
+    crate::logging::init(&loaded.config.log);
+    runtime()?.block_on(async {
+        let id = crate::drain::command::resolve_instance_id(instance_id.as_deref(), &loaded.config)
+            .await?;
+        let status = act(&loaded.config, id).await?;
+        println!("{}", status.summary());
+        Ok(())
+    })
+}
+
 /// Loads and validates the configuration; the only place commands get one.
 pub fn load_config(path: Option<&std::path::Path>) -> Result<Loaded, Error> {
     Ok(config::load(LoadOptions::from_process(path))?)
@@ -197,38 +215,15 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             wait,
             timeout,
             instance_id,
-        } => {
-            let loaded = load_config(config.as_deref())?;
-            crate::logging::init(&loaded.config.log);
-            runtime()?.block_on(async {
-                let id = crate::drain::command::resolve_instance_id(
-                    instance_id.as_deref(),
-                    &loaded.config,
-                )
-                .await?;
-                let status =
-                    crate::drain::command::drain(&loaded.config, id, wait, timeout).await?;
-                println!("{}", status.summary());
-                Ok(())
-            })
-        }
+        } => on_this_instance(config, instance_id, async |cfg, id| {
+            crate::drain::command::drain(cfg, id, wait, timeout).await
+        }),
         Command::Activate {
             config,
             instance_id,
-        } => {
-            let loaded = load_config(config.as_deref())?;
-            crate::logging::init(&loaded.config.log);
-            runtime()?.block_on(async {
-                let id = crate::drain::command::resolve_instance_id(
-                    instance_id.as_deref(),
-                    &loaded.config,
-                )
-                .await?;
-                let status = crate::drain::command::activate(&loaded.config, id).await?;
-                println!("{}", status.summary());
-                Ok(())
-            })
-        }
+        } => on_this_instance(config, instance_id, async |cfg, id| {
+            crate::drain::command::activate(cfg, id).await
+        }),
         Command::Cluster(args) => cluster(args),
         Command::Status { config, output } => {
             let loaded = load_config(config.as_deref())?;
