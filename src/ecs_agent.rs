@@ -169,16 +169,22 @@ impl Client {
                 }
             }
         }
-        let view = match meta {
-            Ok(m) => EcsAgentView {
-                cluster: m.cluster.filter(|s| !s.is_empty()),
-                container_instance_arn: m.container_instance_arn.filter(|s| !s.is_empty()),
-                agent_version: m.version,
-                instance_id: None,
-            },
-            Err(_) => EcsAgentView::default(),
-        };
-        (view, tasks.ok(), err)
+        // One answer or none: when either call fails, the agent is down or restarting, and the
+        // other call's answer (e.g. over a connection still open from before) is not used, as the
+        // log line above says.
+        match (meta, tasks) {
+            (Ok(m), Ok(tasks)) => (
+                EcsAgentView {
+                    cluster: m.cluster.filter(|s| !s.is_empty()),
+                    container_instance_arn: m.container_instance_arn.filter(|s| !s.is_empty()),
+                    agent_version: m.version,
+                    instance_id: None,
+                },
+                Some(tasks),
+                None,
+            ),
+            _ => (EcsAgentView::default(), None, err),
+        }
     }
 }
 
