@@ -54,37 +54,26 @@ pub async fn detect_reach(cfg: &Config) -> Reach {
             );
             false
         }
-        Toggle::Auto => {
-            let endpoint = crate::aws::imds_endpoint();
-            let ok = probe_imds(&endpoint, cfg.imds.timeout).await;
-            if !ok {
-                tracing::warn!(
-                    endpoint,
-                    "IMDS did not answer: not on EC2, or the hop limit is 1 and this runs in a container. \
-                     AWS features are off: no interruption notices, no draining, no CloudWatch; local sinks only"
-                );
+        Toggle::Auto => match imds::Client::new(&cfg.imds) {
+            Ok(client) => match client.probe().await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(
+                        endpoint = client.endpoint(),
+                        error = %e,
+                        "IMDS did not answer: not on EC2, or the hop limit is 1 and this runs in a container. \
+                         AWS features are off: no interruption notices, no draining, no CloudWatch; local sinks only"
+                    );
+                    false
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "no IMDS client: AWS features are off; local sinks only");
+                false
             }
-            ok
-        }
+        },
     };
     Reach { aws }
-}
-
-async fn probe_imds(endpoint: &str, timeout: Duration) -> bool {
-    let Ok(client) = reqwest::Client::builder()
-        .timeout(timeout)
-        .no_proxy()
-        .build()
-    else {
-        return false;
-    };
-    client
-        .put(format!("{endpoint}/latest/api/token"))
-        .header("X-aws-ec2-metadata-token-ttl-seconds", "60")
-        .send()
-        .await
-        .map(|r| r.status().is_success())
-        .unwrap_or(false)
 }
 
 /// One observation of the host (for `status`). A source that cannot be read is recorded in
