@@ -308,8 +308,6 @@ pub enum Effect {
     FindHook,
     Heartbeat(Hook),
     Complete(Hook, LifecycleResult),
-    /// Publish metrics at once (a drain started or ended).
-    PublishNow,
     /// Tell the operator: a notice configured as `report`, or something that deserves a loud line.
     Log {
         level: Level,
@@ -513,7 +511,6 @@ fn start_drain(
             fx.push(log(Level::Warn, format!("draining: {reason}")));
             st.phase = Phase::Draining(Drain::new(reason, now, deadline));
             fx.push(Effect::SetDraining);
-            fx.push(Effect::PublishNow);
         }
     }
 }
@@ -557,7 +554,6 @@ fn stand_down(st: &mut State, event_id: &str, fx: &mut Vec<Effect>) {
         ));
         st.phase = Phase::Active;
         fx.push(Effect::SetActive);
-        fx.push(Effect::PublishNow);
     }
 }
 
@@ -590,7 +586,6 @@ fn on_command(st: &mut State, c: Command, now: SystemTime, fx: &mut Vec<Effect>)
             st.phase = Phase::Active;
             fx.push(log(Level::Info, "activating: back to ACTIVE"));
             fx.push(Effect::SetActive);
-            fx.push(Effect::PublishNow);
         }
     }
 }
@@ -683,7 +678,6 @@ fn on_tick(
             at: now,
             forced: false,
         };
-        fx.push(Effect::PublishNow);
     } else if let Some(deadline) = d.deadline
         && now >= deadline
     {
@@ -705,7 +699,6 @@ fn on_tick(
             at: now,
             forced: true,
         };
-        fx.push(Effect::PublishNow);
     }
 }
 
@@ -900,7 +893,6 @@ fn on_completed(
             at: now,
             forced,
         };
-        fx.push(Effect::PublishNow);
     }
 }
 
@@ -935,7 +927,6 @@ fn fail(st: &mut State, error: String, now: SystemTime, s: &Settings, fx: &mut V
         at: now,
         error,
     };
-    fx.push(Effect::PublishNow);
 }
 
 fn on_restart(st: &mut State, now: SystemTime, fx: &mut Vec<Effect>) {
@@ -950,7 +941,6 @@ fn on_restart(st: &mut State, now: SystemTime, fx: &mut Vec<Effect>) {
         ));
         st.phase = Phase::Active;
         fx.push(Effect::SetActive);
-        fx.push(Effect::PublishNow);
         return;
     }
     if let Lifecycle::Completing {
@@ -981,7 +971,6 @@ fn on_restart(st: &mut State, now: SystemTime, fx: &mut Vec<Effect>) {
                 forced,
             };
         }
-        fx.push(Effect::PublishNow);
     } else if let Phase::Draining(d) = &st.phase {
         fx.push(log(
             Level::Warn,

@@ -85,7 +85,7 @@ fn permanent(m: &str) -> Failure {
 #[test]
 fn spot_notice_drains_at_once_with_the_notice_time_as_deadline() {
     let (st, fx) = run(&State::default(), Input::Notice(spot(120)), 0);
-    assert_eq!(acts(&fx), vec![Effect::SetDraining, Effect::PublishNow]);
+    assert_eq!(acts(&fx), vec![Effect::SetDraining]);
     let d = draining(&st);
     assert_eq!(d.deadline, Some(t(120)));
     assert!(!d.ecs_draining);
@@ -158,7 +158,7 @@ fn tasks_gone_without_lifecycle_is_drained() {
     assert!(acts(&fx).is_empty());
     assert_eq!(draining(&st).tasks_remaining, Some(2));
     let (st, fx) = run(&st, Input::Tick { tasks: Some(0) }, 10);
-    assert_eq!(acts(&fx), vec![Effect::PublishNow]);
+    assert!(acts(&fx).is_empty());
     assert!(matches!(st.phase, Phase::Drained { forced: false, .. }));
 }
 
@@ -195,7 +195,6 @@ fn spot_deadline_passing_ends_the_wait_loudly() {
             ..
         }
     )));
-    assert!(fx.contains(&Effect::PublishNow));
 }
 
 #[test]
@@ -205,10 +204,7 @@ fn autoscaling_terminated_drains_and_finds_the_hook() {
         Input::Notice(Notice::AutoScalingTerminated { seen_at: t(0) }),
         0,
     );
-    assert_eq!(
-        acts(&fx),
-        vec![Effect::SetDraining, Effect::PublishNow, Effect::FindHook]
-    );
+    assert_eq!(acts(&fx), vec![Effect::SetDraining, Effect::FindHook]);
     assert_eq!(draining(&st).reasons, vec![Reason::AutoScaling]);
 }
 
@@ -278,7 +274,7 @@ fn tasks_gone_completes_the_lifecycle_action_once_with_continue() {
     assert!(acts(&fx).is_empty());
     assert_eq!(st2, st);
     let (st, fx) = run(&st, Input::Done(Done::Complete(Ok(()))), 31);
-    assert_eq!(acts(&fx), vec![Effect::PublishNow]);
+    assert!(acts(&fx).is_empty());
     match &st.phase {
         Phase::Drained {
             drain,
@@ -364,10 +360,7 @@ fn permanent_failure_abandons_a_pending_lifecycle_action_by_default() {
     );
     assert_eq!(
         acts(&fx),
-        vec![
-            Effect::Complete(hook(), LifecycleResult::Abandon),
-            Effect::PublishNow
-        ]
+        vec![Effect::Complete(hook(), LifecycleResult::Abandon)]
     );
     assert!(matches!(st.phase, Phase::Failed { .. }));
     let (st, _) = run(&st, Input::Done(Done::Complete(Ok(()))), 11);
@@ -396,7 +389,7 @@ fn permanent_failure_with_stay_draining_leaves_the_action_to_time_out() {
         t(10),
         &s,
     );
-    assert_eq!(acts(&fx), vec![Effect::PublishNow]);
+    assert!(acts(&fx).is_empty());
     assert!(
         matches!(&st.phase, Phase::Failed { drain, .. } if matches!(drain.lifecycle, Lifecycle::Pending { .. }))
     );
@@ -447,7 +440,7 @@ fn maintenance_drains_at_not_before_minus_lead_time() {
     let (st, fx) = run(&st, Input::Tick { tasks: None }, 2699);
     assert!(acts(&fx).is_empty());
     let (st, fx) = run(&st, Input::Tick { tasks: None }, 2700);
-    assert_eq!(acts(&fx), vec![Effect::SetDraining, Effect::PublishNow]);
+    assert_eq!(acts(&fx), vec![Effect::SetDraining]);
     assert_eq!(draining(&st).deadline, Some(t(3600)));
     assert!(st.scheduled.is_empty());
 }
@@ -461,7 +454,7 @@ fn maintenance_already_within_the_lead_time_drains_at_once() {
         MaintenanceState::Active,
     );
     let (st, fx) = run(&State::default(), Input::Notice(n), 0);
-    assert_eq!(acts(&fx), vec![Effect::SetDraining, Effect::PublishNow]);
+    assert_eq!(acts(&fx), vec![Effect::SetDraining]);
     assert!(
         matches!(&draining(&st).reasons[0], Reason::Maintenance { event_id, .. } if event_id == "ev-1")
     );
@@ -536,7 +529,7 @@ fn maintenance_canceled_while_draining_stands_down_to_active() {
         MaintenanceState::Canceled,
     );
     let (st, fx) = run(&st, Input::Notice(c), 10);
-    assert_eq!(acts(&fx), vec![Effect::SetActive, Effect::PublishNow]);
+    assert_eq!(acts(&fx), vec![Effect::SetActive]);
     assert_eq!(st.phase, Phase::Active);
 }
 
@@ -588,10 +581,10 @@ fn a_rescheduled_maintenance_event_moves_its_drain_time() {
 #[test]
 fn manual_drain_and_activate() {
     let (st, fx) = run(&State::default(), Input::Command(Command::Drain), 0);
-    assert_eq!(acts(&fx), vec![Effect::SetDraining, Effect::PublishNow]);
+    assert_eq!(acts(&fx), vec![Effect::SetDraining]);
     assert_eq!(draining(&st).reasons, vec![Reason::Manual]);
     let (st, fx) = run(&st, Input::Command(Command::Activate), 5);
-    assert_eq!(acts(&fx), vec![Effect::SetActive, Effect::PublishNow]);
+    assert_eq!(acts(&fx), vec![Effect::SetActive]);
     assert_eq!(st.phase, Phase::Active);
 }
 
@@ -691,7 +684,7 @@ fn restart_after_a_shutdown_drain_returns_to_active() {
     let (st, _) = run(&st, Input::Tick { tasks: Some(0) }, 5);
     assert!(matches!(st.phase, Phase::Drained { .. }));
     let (st, fx) = run(&st, Input::Restarted, 500);
-    assert_eq!(acts(&fx), vec![Effect::SetActive, Effect::PublishNow]);
+    assert_eq!(acts(&fx), vec![Effect::SetActive]);
     assert_eq!(st.phase, Phase::Active);
 }
 
