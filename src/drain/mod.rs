@@ -153,7 +153,7 @@ impl DrainStatus {
                     .iter()
                     .map(|(id, e)| ScheduledStatus {
                         event_id: id.clone(),
-                        code: e.code.clone(),
+                        code: e.code.to_string(),
                         not_before: e.not_before,
                         drain_at: e.drain_at,
                     })

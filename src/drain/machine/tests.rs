@@ -1,5 +1,6 @@
 use super::*;
 use crate::notice::MaintenanceEvent;
+use serde_json::json;
 
 fn t(secs: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
@@ -205,7 +206,12 @@ fn autoscaling_terminated_drains_and_finds_the_hook() {
         0,
     );
     assert_eq!(acts(&fx), vec![Effect::SetDraining, Effect::FindHook]);
-    assert_eq!(draining(&st).reasons, vec![Reason::AutoScaling]);
+    assert_eq!(
+        draining(&st).reasons,
+        vec![Reason::AutoScaling {
+            target: LifecycleState::Terminated
+        }]
+    );
 }
 
 #[test]
@@ -698,5 +704,147 @@ fn state_round_trips_through_json_in_every_phase() {
         let text = serde_json::to_string(&s).unwrap();
         let back: State = serde_json::from_str(&text).unwrap();
         assert_eq!(back, s);
+    }
+}
+
+/// `drain.json` as the build before typed reasons wrote it: every reason kind, a scheduled event
+/// with a known code and one with a code this build does not know.
+fn state_as_written_before() -> serde_json::Value {
+    let time = |secs: u64| json!({"secs_since_epoch": secs, "nanos_since_epoch": 0});
+    json!({
+        "phase": {
+            "phase": "draining",
+            "reasons": [
+                {"kind": "spot", "action": "hibernate"},
+                {"kind": "auto-scaling"},
+                {"kind": "rebalance"},
+                {"kind": "maintenance", "event_id": "ev-1", "code": "system-reboot"},
+                {"kind": "maintenance", "event_id": "ev-2", "code": "fleet-shuffle"},
+                {"kind": "manual"},
+                {"kind": "shutdown"}
+            ],
+            "since": time(10),
+            "deadline": time(120),
+            "ecs_draining": true,
+            "tasks_remaining": 2,
+            "lifecycle": {"state": "finding", "seen_at": time(10)}
+        },
+        "handled": ["maintenance:ev-1:Active:1700003600", "spot:Hibernate:120"],
+        "scheduled": {
+            "ev-3": {"code": "instance-stop", "not_before": time(3600), "drain_at": time(2700)},
+            "ev-4": {"code": "fleet-shuffle", "not_before": time(3600), "drain_at": time(2700)}
+        }
+    })
+}
+
+#[test]
+fn state_written_before_typed_reasons_reads_as_typed_and_is_written_the_same() {
+    let old = state_as_written_before();
+    let st: State = serde_json::from_value(old.clone()).unwrap();
+    assert_eq!(
+        draining(&st).reasons,
+        vec![
+            Reason::Spot {
+                action: SpotAction::Hibernate
+            },
+            Reason::AutoScaling {
+                target: LifecycleState::Terminated
+            },
+            Reason::Rebalance,
+            Reason::Maintenance {
+                event_id: "ev-1".into(),
+                code: MaintenanceCode::SystemReboot
+            },
+            Reason::Maintenance {
+                event_id: "ev-2".into(),
+                code: MaintenanceCode::Other("fleet-shuffle".into())
+            },
+            Reason::Manual,
+            Reason::Shutdown,
+        ]
+    );
+    assert_eq!(st.scheduled["ev-3"].code, MaintenanceCode::InstanceStop);
+    assert_eq!(
+        st.scheduled["ev-4"].code,
+        MaintenanceCode::Other("fleet-shuffle".into())
+    );
+    assert_eq!(serde_json::to_value(&st).unwrap(), old);
+}
+
+#[test]
+fn a_warm_pool_target_is_written_and_read_back() {
+    let reason = Reason::AutoScaling {
+        target: LifecycleState::Warmed("Stopped".into()),
+    };
+    let text = serde_json::to_value(&reason).unwrap();
+    assert_eq!(
+        text,
+        json!({"kind": "auto-scaling", "target": "Warmed:Stopped"})
+    );
+    assert_eq!(serde_json::from_value::<Reason>(text).unwrap(), reason);
+}
+
+#[test]
+fn a_maintenance_notice_already_handled_before_is_still_handled() {
+    // The handled set of a state written before keeps matching the notices IMDS serves again.
+    let st: State = serde_json::from_value(state_as_written_before()).unwrap();
+    let st = State {
+        phase: Phase::Active,
+        ..st
+    };
+    let Notice::Maintenance(mut e) = maintenance(
+        "ev-1",
+        MaintenanceCode::SystemReboot,
+        3600,
+        MaintenanceState::Active,
+    ) else {
+        unreachable!()
+    };
+    // NotAfter is not part of the key: nothing in the drain depends on it.
+    e.not_after = Some(t(4600));
+    let (next, fx) = run(&st, Input::Notice(Notice::Maintenance(e)), 0);
+    assert!(fx.is_empty(), "{fx:?}");
+    assert_eq!(next, st);
+}
+
+#[test]
+fn every_reason_reboot_or_stop_type() {
+    let maintenance = |code| Reason::Maintenance {
+        event_id: "e".into(),
+        code,
+    };
+    let spot = |action| Reason::Spot { action };
+    let warmed = |s: &str| Reason::AutoScaling {
+        target: LifecycleState::Warmed(s.into()),
+    };
+    for (reasons, expected) in [
+        (vec![maintenance(MaintenanceCode::SystemReboot)], true),
+        (vec![maintenance(MaintenanceCode::InstanceReboot)], true),
+        (vec![maintenance(MaintenanceCode::InstanceStop)], true),
+        (
+            vec![maintenance(MaintenanceCode::InstanceRetirement)],
+            false,
+        ),
+        (
+            vec![spot(SpotAction::Stop), spot(SpotAction::Hibernate)],
+            true,
+        ),
+        (vec![spot(SpotAction::Terminate)], false),
+        (vec![warmed("Stopped"), warmed("Hibernated")], true),
+        (vec![warmed("Running")], false),
+        (
+            vec![Reason::AutoScaling {
+                target: LifecycleState::Terminated,
+            }],
+            false,
+        ),
+        (vec![Reason::Shutdown], true),
+        (vec![spot(SpotAction::Stop), Reason::Manual], false),
+        (vec![Reason::Rebalance], false),
+        (vec![], false),
+    ] {
+        let mut d = Drain::new(Reason::Manual, t(0), None);
+        d.reasons = reasons.clone();
+        assert_eq!(d.every_reason_is_reboot_or_stop(), expected, "{reasons:?}");
     }
 }
