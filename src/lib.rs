@@ -16,6 +16,7 @@ pub mod eni;
 pub mod error;
 pub mod host;
 pub mod imds;
+pub mod instance_id;
 pub mod logging;
 pub mod metrics;
 pub mod notice;

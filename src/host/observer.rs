@@ -21,6 +21,7 @@ use crate::docker::{self, ContainerEvent, ContainerInfo};
 use crate::ecs_agent::{self, EcsAgentView};
 use crate::eni::{self, EniView};
 use crate::error::Error;
+use crate::instance_id::InstanceId;
 use crate::retry::Backoff;
 
 const MEMINFO: &str = "/proc/meminfo";
@@ -29,7 +30,7 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// What IMDS knows about this instance; the caller (which owns the IMDS client) passes it in.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InstanceFacts {
-    pub instance_id: Option<String>,
+    pub instance_id: Option<InstanceId>,
     pub instance_type: Option<String>,
     /// `network/interfaces/macs/`: one per attached ENI.
     pub macs: Option<Vec<String>>,
@@ -201,8 +202,8 @@ impl Observer {
                     Err(e) => errors.push(format!("eni limit: {e}")),
                 }
             }
-            if let Some(id) = facts.instance_id.as_deref() {
-                match eni::trunk_attached(ec2, id).await {
+            if let Some(id) = &facts.instance_id {
+                match eni::trunk_attached(ec2, id.as_str()).await {
                     Ok(t) => trunk = Some(t),
                     Err(e) => errors.push(format!("eni trunk: {e}")),
                 }
@@ -263,7 +264,11 @@ fn compose(r: Readings, rates: Option<&mut CpuRates>) -> Snapshot {
     let (mut tasks, others) = tasks::group(&r.containers);
 
     let mut ecs = agent.view;
-    ecs.instance_id = instance.facts.instance_id.clone();
+    ecs.instance_id = instance
+        .facts
+        .instance_id
+        .as_ref()
+        .map(InstanceId::to_string);
     if let Some(e) = agent.error {
         unavailable.push(format!("ecs agent: {e}"));
     }
@@ -645,7 +650,7 @@ mod tests {
     fn instance(limit: Option<u32>, trunk: Option<bool>, ty: &str) -> InstanceState {
         InstanceState {
             facts: InstanceFacts {
-                instance_id: Some("i-0123456789abcdef0".into()),
+                instance_id: Some("i-0123456789abcdef0".parse().unwrap()),
                 instance_type: Some(ty.into()),
                 macs: Some(vec!["0e:00:00:00:00:01".into()]),
             },
