@@ -34,8 +34,3 @@ pub async fn sdk_config() -> SdkConfig {
         .load()
         .await
 }
-
-/// SDK errors printed with their whole source chain.
-pub fn display_error<E: std::error::Error>(e: &E) -> String {
-    aws_smithy_types::error::display::DisplayErrorContext(e).to_string()
-}

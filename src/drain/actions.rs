@@ -8,6 +8,7 @@ use aws_config::retry::RetryConfig;
 use aws_sdk_ecs::types::ContainerInstanceStatus;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use futures_util::future::BoxFuture;
 use tokio::sync::{OnceCell, watch};
@@ -424,7 +425,7 @@ fn classify<E>(op: &str, e: &SdkError<E, HttpResponse>, idempotent: bool) -> Fai
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let message = format!("{op}: {}", crate::aws::display_error(e));
+    let message = format!("{op}: {}", DisplayErrorContext(e));
     let kind = match e {
         SdkError::ServiceError(ctx) => {
             let status = ctx.raw().status().as_u16();

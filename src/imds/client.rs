@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 
 use crate::config::ImdsConfig;
+use crate::error::chain;
 
 const TOKEN_PATH: &str = "/latest/api/token";
 const TTL_HEADER: &str = "X-aws-ec2-metadata-token-ttl-seconds";
@@ -445,21 +446,6 @@ fn parse_macs(body: &str) -> Vec<String> {
         .map(|l| l.trim().trim_end_matches('/').to_string())
         .filter(|l| !l.is_empty())
         .collect()
-}
-
-/// An error with its sources: reqwest's Display alone says "error sending request" and hides why.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = cause.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ use aws_smithy_runtime_api::client::interceptors::context::InterceptorContext;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::retries::classifiers::{ClassifyRetry, RetryAction};
 use aws_smithy_types::DateTime;
+use aws_smithy_types::error::display::DisplayErrorContext;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -349,7 +350,7 @@ pub async fn start(sdk: &SdkConfig, cfg: &Config, health: Arc<Health>) -> Result
     if let Err(e) = provider.provide_credentials().await {
         return Err(Error::Unavailable(format!(
             "CloudWatch (region {region}): no AWS credentials: {}: attach an instance role with deploy/iam-policy.json, or set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
-            crate::aws::display_error(&e)
+            DisplayErrorContext(&e)
         )));
     }
     let client = client(sdk);
@@ -374,7 +375,7 @@ pub async fn start(sdk: &SdkConfig, cfg: &Config, health: Arc<Health>) -> Result
     {
         Ok(_) => {}
         Err(e) => {
-            let detail = crate::aws::display_error(&e);
+            let detail = DisplayErrorContext(&e);
             let denied = e
                 .as_service_error()
                 .and_then(|s| s.code())
@@ -554,7 +555,7 @@ impl Publisher {
                 Ok(_) => (n, Ok(())),
                 Err(e) => {
                     let failure = classify(&e);
-                    tracing::warn!(error = %crate::aws::display_error(&e), ?failure, periods = n, "PutMetricData failed");
+                    tracing::warn!(error = %DisplayErrorContext(&e), ?failure, periods = n, "PutMetricData failed");
                     (n, Err(failure))
                 }
             }
