@@ -71,11 +71,6 @@ impl Error {
             Error::Malformed { .. } => "imds_malformed",
         }
     }
-
-    /// Whether trying again later may succeed (everything but a bad endpoint and a v2-only refusal).
-    pub fn is_transient(&self) -> bool {
-        !matches!(self, Error::Endpoint { .. } | Error::TokenRefused { .. })
-    }
 }
 
 impl From<Error> for crate::Error {
