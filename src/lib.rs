@@ -19,6 +19,7 @@ pub mod imds;
 pub mod logging;
 pub mod metrics;
 pub mod notice;
+pub mod protection;
 pub mod report;
 pub mod retry;
 pub mod systemd;
