@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::aws::Outcome;
 use crate::config::{DrainConfig, FailureAction, Reaction};
 use crate::notice::{
     LifecycleState, MaintenanceCode, MaintenanceEvent, MaintenanceState, Notice, SpotAction,
@@ -329,24 +330,15 @@ pub enum Done {
     Complete(Result<(), Failure>),
 }
 
+/// A failed effect: what it means for a retry, and what to log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
-    pub kind: FailureKind,
+    pub kind: Outcome,
     pub message: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    /// Known not to have been applied (throttled, 5xx, connection refused): try again later.
-    Transient,
-    /// May or may not have been applied (timeout, lost response).
-    Unknown,
-    /// Will not work by retrying (not found, access denied, validation).
-    Permanent,
-}
-
 impl Failure {
-    pub fn new(kind: FailureKind, message: impl Into<String>) -> Failure {
+    pub fn new(kind: Outcome, message: impl Into<String>) -> Failure {
         Failure {
             kind,
             message: message.into(),
@@ -791,7 +783,7 @@ fn retry_or_fail(st: &mut State, f: Failure, refused: &str, retrying: &str, cx: 
     if !matches!(st.phase, Phase::Draining(_)) {
         return;
     }
-    if f.kind == FailureKind::Permanent {
+    if f.kind == Outcome::Rejected {
         fail(st, format!("{refused}: {}", f.message), cx);
     } else {
         cx.log(Level::Warn, format!("{retrying}, retrying: {}", f.message));
@@ -845,7 +837,7 @@ fn on_completed(st: &mut State, outcome: Result<(), Failure>, cx: &mut Ctx) {
     else {
         return;
     };
-    let retry = matches!(&outcome, Err(f) if f.kind == FailureKind::Transient);
+    let retry = matches!(&outcome, Err(f) if f.kind == Outcome::NotApplied);
     d.lifecycle = completion(hook, result, seen_at, outcome, cx);
     if !retry {
         let forced = !d.tasks_seen_gone();
@@ -874,7 +866,7 @@ fn completion(
             cx.log(Level::Warn, message);
             Lifecycle::Completed { hook, result, at }
         }
-        Err(f) if f.kind == FailureKind::Transient => {
+        Err(f) if f.kind == Outcome::NotApplied => {
             // Not applied (throttled or refused before processing): the next tick tries again.
             let message = format!(
                 "completing the lifecycle action failed, retrying: {}",
