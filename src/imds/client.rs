@@ -206,20 +206,11 @@ impl Client {
         }
         match resp.status() {
             StatusCode::NOT_FOUND => Ok(None),
-            s if s.is_success() => resp.text().await.map(Some).map_err(|e| {
-                if e.is_timeout() {
-                    Error::Timeout {
-                        url: url.clone(),
-                        timeout: self.timeout,
-                    }
-                } else {
-                    Error::Request {
-                        method: "GET",
-                        url: url.clone(),
-                        cause: chain(&e),
-                    }
-                }
-            }),
+            s if s.is_success() => resp
+                .text()
+                .await
+                .map(Some)
+                .map_err(|e| unanswered("GET", &url, &e, self.timed_out(&url))),
             s => Err(Error::Status {
                 method: "GET",
                 url,
@@ -233,25 +224,16 @@ impl Client {
         if let Some(t) = token {
             req = req.header(TOKEN_HEADER, t);
         }
-        req.send().await.map_err(|e| {
-            if e.is_connect() {
-                Error::Unreachable {
-                    url: url.to_string(),
-                    cause: chain(&e),
-                }
-            } else if e.is_timeout() {
-                Error::Timeout {
-                    url: url.to_string(),
-                    timeout: self.timeout,
-                }
-            } else {
-                Error::Request {
-                    method: "GET",
-                    url: url.to_string(),
-                    cause: chain(&e),
-                }
-            }
-        })
+        req.send()
+            .await
+            .map_err(|e| unanswered("GET", url, &e, self.timed_out(url)))
+    }
+
+    fn timed_out(&self, url: &str) -> Error {
+        Error::Timeout {
+            url: url.to_string(),
+            timeout: self.timeout,
+        }
     }
 
     /// The session token to send (`None` in IMDSv1 mode). `force` discards the cached one.
@@ -307,25 +289,13 @@ impl Client {
             .send()
             .await
             .map_err(|e| {
-                if e.is_connect() {
-                    Error::Unreachable {
-                        url: url.clone(),
-                        cause: chain(&e),
-                    }
-                } else if e.is_timeout() {
-                    // The hop-limit case: the PUT reaches IMDS but its answer (IP TTL 1) dies one
-                    // hop short of a container's network namespace, so it simply never arrives.
-                    Error::Unreachable {
-                        url: url.clone(),
-                        cause: format!("no answer to the token request within {:?}", self.timeout),
-                    }
-                } else {
-                    Error::Request {
-                        method: "PUT",
-                        url: url.clone(),
-                        cause: chain(&e),
-                    }
-                }
+                // The hop-limit case: the PUT reaches IMDS but its answer (IP TTL 1) dies one hop
+                // short of a container's network namespace, so it simply never arrives.
+                let no_answer = Error::Unreachable {
+                    url: url.clone(),
+                    cause: format!("no answer to the token request within {:?}", self.timeout),
+                };
+                unanswered("PUT", &url, &e, no_answer)
             })?;
         let status = resp.status();
         if status.is_success() {
@@ -436,6 +406,25 @@ impl Client {
         }
         out.sort_by_key(|i| i.device_number);
         Ok(out)
+    }
+}
+
+/// A request IMDS did not answer: refused or unroutable (`Unreachable`), no answer in time
+/// (`on_timeout`), or failed otherwise (`Request`).
+fn unanswered(method: &'static str, url: &str, e: &reqwest::Error, on_timeout: Error) -> Error {
+    if e.is_connect() {
+        Error::Unreachable {
+            url: url.to_string(),
+            cause: chain(e),
+        }
+    } else if e.is_timeout() {
+        on_timeout
+    } else {
+        Error::Request {
+            method,
+            url: url.to_string(),
+            cause: chain(e),
+        }
     }
 }
 
