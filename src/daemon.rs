@@ -211,7 +211,7 @@ fn start_drain(
     cfg: &Arc<Config>,
     sdk: &aws_config::SdkConfig,
     client: Arc<imds::Client>,
-    instance_id: Option<String>,
+    instance_id: Option<crate::instance_id::InstanceId>,
     families: watch::Receiver<Option<Vec<String>>>,
     health: &Arc<Health>,
     token: &CancellationToken,
@@ -227,7 +227,7 @@ fn start_drain(
         ))
     })?;
     let effects = Arc::new(
-        AwsEffects::new(sdk, Target::from_config(cfg, instance_id))
+        AwsEffects::new(sdk, Target::from_config(cfg, instance_id.into()))
             .with_local_tasks(families)
             .with_ignored_families(cfg.drain.ignore_families.clone()),
     );
@@ -351,6 +351,7 @@ fn figures_of(cfg: &Config, report: &Report) -> HostFigures {
         eni_limit: s.eni.limit,
         running_tasks: u32::try_from(s.tasks.len()).unwrap_or(u32::MAX),
         draining: report.drain.as_ref().is_some_and(DrainStatus::is_draining),
+        removable: None,
     };
     HostFigures::from_host(facts, &report.capacity)
 }

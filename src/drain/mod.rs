@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use actions::{AwsEffects, Target};
 pub use machine::{
-    Command, Done, Effect, Failure, FailureKind, Hook, Input, Level, Lifecycle, LifecycleResult,
-    Phase, Settings, State,
+    Command, Done, Effect, Failure, Hook, Input, Level, Lifecycle, LifecycleResult, Phase,
+    Settings, State,
 };
 pub use state::{StateError, Store};
 
@@ -154,7 +154,7 @@ impl DrainStatus {
                     .iter()
                     .map(|(id, e)| ScheduledStatus {
                         event_id: id.clone(),
-                        code: e.code.clone(),
+                        code: e.code.to_string(),
                         not_before: e.not_before,
                         drain_at: e.drain_at,
                     })
@@ -253,6 +253,8 @@ struct Request {
 /// the running runner a command (one runner steps the state; commands do not open a second one).
 #[derive(Clone)]
 pub struct Handles {
+    /// Changes with every step that changes the drain; the daemon publishes its figures at once on
+    /// a change, so a drain that starts or ends is in the next metrics.
     pub status: watch::Receiver<DrainStatus>,
     commands: mpsc::Sender<Request>,
 }
@@ -435,8 +437,6 @@ impl Runner {
                 failed("drain_complete", &r);
                 Some(Done::Complete(r))
             }
-            // The daemon publishes at once on any change of the status it watches.
-            Effect::PublishNow => None,
             Effect::Log { level, message } => {
                 match level {
                     Level::Info => tracing::info!("{message}"),

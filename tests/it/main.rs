@@ -11,4 +11,6 @@ mod host;
 mod imds;
 mod install;
 mod metrics;
+mod protection;
+mod scale_sim;
 mod systemd_notify;

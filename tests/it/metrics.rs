@@ -55,6 +55,7 @@ fn figures(report: &capacity::HostReport, running_tasks: u32) -> HostFigures {
             eni_limit: Some(3),
             running_tasks,
             draining: false,
+            removable: None,
         },
         report,
     )
