@@ -14,13 +14,15 @@ pub mod drain;
 pub mod ecs_agent;
 pub mod eni;
 pub mod error;
+pub mod health;
 pub mod host;
 pub mod imds;
 pub mod logging;
 pub mod metrics;
 pub mod notice;
-pub mod report;
 pub mod retry;
+pub mod rfc3339;
+pub mod status;
 pub mod systemd;
 
 pub use error::Error;
