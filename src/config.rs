@@ -36,6 +36,7 @@ pub struct Config {
     pub cloudwatch: CloudWatchConfig,
     pub imds: ImdsConfig,
     pub drain: DrainConfig,
+    pub scale_in: ScaleInConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -178,6 +179,46 @@ pub struct DrainConfig {
     pub drain_on_shutdown: bool,
     #[serde(with = "humantime_serde")]
     pub shutdown_drain_timeout: Duration,
+}
+
+/// Managed scale-in protection and volunteering (the `protection` module).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScaleInConfig {
+    /// `auto`: on when this instance is in an Auto Scaling group; `on`: the group must be found;
+    /// `off`: never touch the instance's protection.
+    pub protection: Toggle,
+    /// An idle host lifts its protection after being idle this long without a break.
+    #[serde(with = "humantime_serde")]
+    pub idle_grace: Duration,
+    /// A host stays protected this long after its launch (system boot), idle or not.
+    #[serde(with = "humantime_serde")]
+    pub launch_warmup: Duration,
+    /// The least-loaded busy host volunteers when the cluster has more than a host's worth idle.
+    pub volunteer: bool,
+    /// That excess must hold this long (as seen in the cluster view) before a host volunteers.
+    #[serde(with = "humantime_serde")]
+    pub volunteer_after: Duration,
+    /// A volunteer not taken by a scale-in within this protects itself again.
+    #[serde(with = "humantime_serde")]
+    pub volunteer_timeout: Duration,
+    /// How often a busy host reads the cluster view (jittered by ±20 %).
+    #[serde(with = "humantime_serde")]
+    pub view_interval: Duration,
+}
+
+impl Default for ScaleInConfig {
+    fn default() -> Self {
+        ScaleInConfig {
+            protection: Toggle::Auto,
+            idle_grace: Duration::from_secs(5 * 60),
+            launch_warmup: Duration::from_secs(10 * 60),
+            volunteer: true,
+            volunteer_after: Duration::from_secs(10 * 60),
+            volunteer_timeout: Duration::from_secs(30 * 60),
+            view_interval: Duration::from_secs(5 * 60),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -716,6 +757,39 @@ pub fn parse_ecs_config(
     Ok(out)
 }
 
+fn validate_scale_in(
+    s: &ScaleInConfig,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    let minute = Duration::from_secs(60);
+    // Shorter would flap protection with every short-lived task, or poll the cluster too often.
+    for (key, d) in [
+        ("scale_in.idle_grace", s.idle_grace),
+        ("scale_in.view_interval", s.view_interval),
+    ] {
+        if d < minute {
+            return Err(invalid(
+                key,
+                format!(
+                    "{} is not allowed: at least 1m",
+                    humantime::format_duration(d)
+                ),
+            ));
+        }
+    }
+    if s.volunteer && s.volunteer_timeout <= s.view_interval {
+        return Err(invalid(
+            "scale_in.volunteer_timeout",
+            format!(
+                "{} is not allowed: must be longer than scale_in.view_interval ({}), or the other hosts never see the volunteer",
+                humantime::format_duration(s.volunteer_timeout),
+                humantime::format_duration(s.view_interval)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn validate(c: &Config, sources: &BTreeMap<String, Source>) -> Result<(), ConfigError> {
     let invalid = |key: &str, message: String| ConfigError::Invalid {
         origin: sources
@@ -791,6 +865,7 @@ fn validate(c: &Config, sources: &BTreeMap<String, Source>) -> Result<(), Config
             ),
         ));
     }
+    validate_scale_in(&c.scale_in, &invalid)?;
     if c.drain.drain_on_shutdown && c.drain.shutdown_drain_timeout.is_zero() {
         return Err(invalid(
             "drain.shutdown_drain_timeout",
@@ -1029,6 +1104,47 @@ mod tests {
             err.contains("cloudwatch.namespace") && err.contains("AWS/"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn scale_in_keys_are_validated_by_name() {
+        let ok = load_text("", &[]).unwrap();
+        assert_eq!(ok.config.scale_in.protection, Toggle::Auto);
+        assert_eq!(ok.config.scale_in.idle_grace, Duration::from_secs(300));
+        let cases = [
+            (
+                "[scale_in]\nprotection = \"maybe\"\n",
+                "scale_in.protection",
+                "maybe",
+            ),
+            (
+                "[scale_in]\nidle_grace = \"10s\"\n",
+                "scale_in.idle_grace",
+                "at least 1m",
+            ),
+            (
+                "[scale_in]\nview_interval = \"5s\"\n",
+                "scale_in.view_interval",
+                "at least 1m",
+            ),
+            (
+                "[scale_in]\nvolunteer_timeout = \"5m\"\n",
+                "scale_in.volunteer_timeout",
+                "scale_in.view_interval",
+            ),
+        ];
+        for (text, key, says) in cases {
+            let err = load_text(text, &[]).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(says), "{text}: {err}");
+        }
+        let env = load_text("", &[("ECS_CAPACITY_AGENT_SCALE_IN_PROTECTION", "off")]).unwrap();
+        assert_eq!(env.config.scale_in.protection, Toggle::Off);
+        // Without volunteering the timeout does not matter.
+        load_text(
+            "[scale_in]\nvolunteer = false\nvolunteer_timeout = \"1m\"\n",
+            &[],
+        )
+        .unwrap();
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod imds;
 pub mod logging;
 pub mod metrics;
 pub mod notice;
+pub mod protection;
 pub mod retry;
 pub mod rfc3339;
 pub mod status;

@@ -11,4 +11,5 @@ mod host;
 mod imds;
 mod install;
 mod metrics;
+mod protection;
 mod systemd_notify;
