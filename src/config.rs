@@ -855,15 +855,9 @@ fn validate(c: &Config, sources: &BTreeMap<String, Source>) -> Result<(), Config
         ));
     }
     let id = c.drain.instance_id.trim();
-    let looks_like_id =
-        id.starts_with("i-") && id.len() > 2 && id[2..].chars().all(|ch| ch.is_ascii_hexdigit());
-    if !id.is_empty() && !looks_like_id {
-        return Err(invalid(
-            "drain.instance_id",
-            format!(
-                "{id:?} is not an EC2 instance id (\"i-\" and hex digits, e.g. \"i-0abc1234def567890\")"
-            ),
-        ));
+    if !id.is_empty() {
+        id.parse::<crate::instance_id::InstanceId>()
+            .map_err(|e| invalid("drain.instance_id", e.to_string()))?;
     }
     validate_scale_in(&c.scale_in, &invalid)?;
     if c.drain.drain_on_shutdown && c.drain.shutdown_drain_timeout.is_zero() {

@@ -38,6 +38,8 @@ pub struct Local {
     pub draining: bool,
     /// The shapes of its non-daemon tasks (what a scale-in would move).
     pub tasks: Vec<TaskShape>,
+    /// How many tasks of daemon families run here.
+    pub daemon_tasks: u64,
     /// The cluster's task shapes (the largest task).
     pub shapes: Vec<TaskShape>,
 }
@@ -238,6 +240,7 @@ pub async fn run(
                         my_tasks: &now.tasks,
                         shapes: &now.shapes,
                         scale_out_threshold: cadence.scale_out_threshold,
+                        daemon_tasks: now.daemon_tasks,
                     });
                     tracing::debug!(?verdict, hosts = hosts.len(), "cluster view judged");
                     core.on_verdict(at(), &verdict);
