@@ -372,6 +372,7 @@ fn figures_of(cfg: &Config, report: &HostStatus) -> HostFigures {
         eni_limit: s.eni.limit,
         running_tasks: u32::try_from(s.tasks.len()).unwrap_or(u32::MAX),
         draining: report.drain.as_ref().is_some_and(DrainStatus::is_draining),
+        removable: None,
     };
     HostFigures::from_host(facts, &report.capacity)
 }

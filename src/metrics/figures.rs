@@ -37,6 +37,10 @@ pub struct HostFigures {
     pub eni_limit: Option<u32>,
     pub running_tasks: u32,
     pub draining: bool,
+    /// Counts in the scale-in alarm's `RemovableHosts`: unprotected and idle, or the volunteer
+    /// (always, 0 while draining, when protection is managed by nobody); `None` when this host is
+    /// in no Auto Scaling group (nothing published).
+    pub removable: Option<bool>,
 }
 
 /// What `from_host` needs besides the capacity figures: identity, usage, ENIs, tasks and drain state,
@@ -55,6 +59,7 @@ pub struct HostFacts {
     pub eni_limit: Option<u32>,
     pub running_tasks: u32,
     pub draining: bool,
+    pub removable: Option<bool>,
 }
 
 /// A metric as published: CloudWatch name and unit, Prometheus name, what it means.
@@ -70,7 +75,7 @@ pub struct MetricDef {
 }
 
 /// Every metric this daemon publishes. README.md "Metrics" documents the same table.
-pub const METRICS: [MetricDef; 12] = [
+pub const METRICS: [MetricDef; 13] = [
     MetricDef {
         name: "ContainerCapacity",
         unit: "Count",
@@ -142,6 +147,13 @@ pub const METRICS: [MetricDef; 12] = [
         by_resource: false,
     },
     MetricDef {
+        name: "RemovableHosts",
+        unit: "Count",
+        prometheus: "ecs_capacity_removable",
+        help: "1 while Auto Scaling may take this host without moving tasks it should keep (unprotected and idle, or the scale-in volunteer), else 0 (Sum over {ClusterName} gates the scale-in alarm).",
+        by_resource: false,
+    },
+    MetricDef {
         name: "Hosts",
         unit: "Count",
         prometheus: "ecs_capacity_hosts",
@@ -177,6 +189,7 @@ impl HostFigures {
             "ENILimit" => self.eni_limit.map(f64::from),
             "RunningTasks" => Some(f64::from(self.running_tasks)),
             "Draining" => Some(if self.draining { 1.0 } else { 0.0 }),
+            "RemovableHosts" => self.removable.map(|r| if r { 1.0 } else { 0.0 }),
             "Hosts" => Some(1.0),
             _ => None,
         }
@@ -254,6 +267,7 @@ impl HostFigures {
             eni_limit: facts.eni_limit,
             running_tasks: facts.running_tasks,
             draining: facts.draining,
+            removable: facts.removable.map(|r| r && !facts.draining),
         }
     }
 }

@@ -232,6 +232,7 @@ mod figures_tests {
             eni_limit: None,
             running_tasks: 2,
             draining: true,
+            removable: Some(false),
         };
         let mut out = String::new();
         render_figures(&mut out, &f);
@@ -243,6 +244,7 @@ mod figures_tests {
             "ecs_capacity_cpu_reserved_percent 25",
             "ecs_capacity_running_tasks 2",
             "ecs_capacity_draining 1",
+            "ecs_capacity_removable 0",
         ] {
             assert!(out.lines().any(|l| l == line), "{line} missing in\n{out}");
         }

@@ -56,6 +56,7 @@ fn figures(host: &capacity::HostCapacity, running_tasks: u32) -> HostFigures {
             eni_limit: Some(3),
             running_tasks,
             draining: false,
+            removable: None,
         },
         host,
     )
