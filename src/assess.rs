@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::capacity::{self, HostInput, HostReport, Quantity, TaskShape};
+use crate::capacity::{self, HostCapacity, HostInput, Quantity, TaskShape};
 use crate::config::CapacityConfig;
 use crate::host::{NetworkMode, Snapshot, Task};
 
@@ -81,11 +81,11 @@ pub fn shapes(cfg: &CapacityConfig, s: &Snapshot) -> Vec<TaskShape> {
     shapes
 }
 
-/// This host's capacity report against `shapes`.
-pub fn host_report(s: &Snapshot, shapes: &[TaskShape]) -> HostReport {
+/// This host's capacity against `shapes`.
+pub fn host_capacity(s: &Snapshot, shapes: &[TaskShape]) -> HostCapacity {
     let host = host_input(s);
     let largest = capacity::largest_task(shapes);
-    capacity::host_report(&host, largest.as_ref(), shapes)
+    capacity::host_capacity(&host, largest.as_ref(), shapes)
 }
 
 #[cfg(test)]
@@ -204,7 +204,7 @@ mod tests {
         };
         let s = snapshot(vec![task("web", 256, 512, &[])], None);
         assert!(shapes(&cfg, &s).is_empty());
-        assert_eq!(host_report(&s, &[]).spare_tasks, None);
+        assert_eq!(host_capacity(&s, &[]).spare_tasks, None);
     }
 
     #[test]
@@ -220,7 +220,7 @@ mod tests {
             memory_mib: 1024,
             ..Default::default()
         };
-        let r = host_report(&s, &[shape]);
+        let r = host_capacity(&s, &[shape]);
         assert_eq!(r.spare_tasks, Some(2));
     }
 }

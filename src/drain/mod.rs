@@ -29,7 +29,7 @@ pub use machine::{
 };
 pub use state::{StateError, Store};
 
-use crate::metrics::Health;
+use crate::health::Health;
 use crate::notice::Notice;
 
 /// What the drain does on AWS. Implemented by `AwsEffects`; tests substitute their own.

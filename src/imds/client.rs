@@ -58,7 +58,7 @@ pub enum Error {
 }
 
 impl Error {
-    /// A short name for `metrics::Health::error`.
+    /// A short name for `health::Health::error`.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Endpoint { .. } => "imds_endpoint",
