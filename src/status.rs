@@ -29,8 +29,8 @@ pub struct HostStatus {
 impl HostStatus {
     /// Assesses a snapshot against the configured and discovered task shapes.
     pub fn assess(snapshot: Snapshot, cfg: &CapacityConfig) -> HostStatus {
-        let shapes = crate::assess::shapes(cfg, &snapshot);
-        let capacity = crate::assess::host_capacity(&snapshot, &shapes);
+        let shapes = crate::host::assess::shapes(cfg, &snapshot);
+        let capacity = crate::host::assess::host_capacity(&snapshot, &shapes);
         HostStatus {
             snapshot,
             shapes,
