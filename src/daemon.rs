@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -16,6 +16,7 @@ use crate::host::{self, InstanceFacts, Observer, Snapshot};
 use crate::imds;
 use crate::metrics;
 use crate::metrics::figures::{HostFacts, HostFigures};
+use crate::observation::Observation;
 use crate::status::HostStatus;
 
 /// Resolves on SIGTERM or SIGINT.
@@ -87,16 +88,32 @@ pub async fn observe_once(cfg: &Config) -> Result<HostStatus, Error> {
     Ok(HostStatus::assess(observe(cfg).await?, &cfg.capacity))
 }
 
+/// What every part of the daemon shares: the configuration, the health record, the one
+/// cancellation token and the tracker of its tasks.
+#[derive(Clone)]
+struct Context {
+    cfg: Arc<Config>,
+    health: Arc<Health>,
+    token: CancellationToken,
+    tracker: TaskTracker,
+}
+
 /// Runs until `shutdown` resolves, then lets in-flight work finish and returns.
 pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let cfg = Arc::new(loaded.config);
-    let token = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let health = Arc::new(Health::default());
-    let (report_tx, report_rx) = watch::channel::<Option<Arc<HostStatus>>>(None);
-    let (families_tx, families_rx) = watch::channel::<Option<Vec<String>>>(None);
-    let (figures_tx, figures_rx) = watch::channel::<Option<Arc<HostFigures>>>(None);
-    let publish_now = Arc::new(Notify::new());
+    let ctx = Context {
+        cfg: Arc::new(loaded.config),
+        health: Arc::new(Health::default()),
+        token: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+    };
+    let Context {
+        cfg,
+        health,
+        token,
+        tracker,
+    } = ctx.clone();
+    // The one value every observation publishes; the sinks and the drain read it.
+    let (observed_tx, observed) = watch::channel::<Option<Arc<Observation>>>(None);
 
     let reach = detect_reach(&cfg).await;
     if !reach.aws && cfg.sinks.enabled.contains(&SinkKind::Cloudwatch) {
@@ -106,7 +123,7 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
     if cfg.sinks.enabled.contains(&SinkKind::Prometheus) {
         let (addr, serving) = metrics::prometheus::serve(
             cfg.prometheus.listen,
-            report_rx.clone(),
+            observed.clone(),
             health.clone(),
             cfg.agent.interval,
             token.clone(),
@@ -128,16 +145,7 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
                 observer
                     .set_instance(facts.clone(), Some(aws_sdk_ec2::Client::new(&sdk)))
                     .await;
-                drain = start_drain(
-                    &cfg,
-                    &sdk,
-                    client,
-                    facts.instance_id,
-                    families_rx,
-                    &health,
-                    &token,
-                    &tracker,
-                )?;
+                drain = start_drain(&ctx, &sdk, client, facts.instance_id, &observed)?;
             }
             Err(e) => tracing::error!(
                 error = %e,
@@ -147,20 +155,15 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
         if cfg.sinks.enabled.contains(&SinkKind::Cloudwatch) {
             // Fails fast on a bad region, missing credentials or a denied permission.
             let publisher = metrics::cloudwatch::start(&sdk, &cfg, health.clone()).await?;
-            tracker.spawn(publisher.run(figures_rx, publish_now.clone(), token.clone()));
+            tracker.spawn(publisher.run(observed.clone(), token.clone()));
         }
     }
 
     tracker.spawn(observe_loop(
-        cfg.clone(),
+        ctx.clone(),
         observer,
-        health.clone(),
-        report_tx,
-        families_tx,
-        figures_tx,
+        observed_tx,
         drain.as_ref().map(|d| d.status.clone()),
-        publish_now,
-        token.clone(),
     ));
     tracker.close();
 
@@ -207,17 +210,19 @@ async fn instance_facts(client: &imds::Client) -> InstanceFacts {
 }
 
 /// The notice pollers and the drain runner. Without an instance id there is nothing to drain.
-#[allow(clippy::too_many_arguments)]
 fn start_drain(
-    cfg: &Arc<Config>,
+    ctx: &Context,
     sdk: &aws_config::SdkConfig,
     client: Arc<imds::Client>,
     instance_id: Option<crate::instance_id::InstanceId>,
-    families: watch::Receiver<Option<Vec<String>>>,
-    health: &Arc<Health>,
-    token: &CancellationToken,
-    tracker: &TaskTracker,
+    observed: &watch::Receiver<Option<Arc<Observation>>>,
 ) -> Result<Option<Handles>, Error> {
+    let Context {
+        cfg,
+        health,
+        token,
+        tracker,
+    } = ctx;
     let Some(instance_id) = instance_id else {
         tracing::error!("the instance id is unknown: no interruption notices, no draining");
         return Ok(None);
@@ -229,7 +234,10 @@ fn start_drain(
     })?;
     let effects = Arc::new(
         AwsEffects::new(sdk, Target::from_config(cfg, instance_id.into()))
-            .with_local_tasks(families)
+            .with_local_tasks({
+                let observed = observed.clone();
+                move || observed.borrow().as_deref().map(Observation::task_families)
+            })
             .with_ignored_families(cfg.drain.ignore_families.clone()),
     );
     // The one runner over the state: notices come on `rx`, the shutdown drain through `handles`.
@@ -255,18 +263,18 @@ fn start_drain(
     Ok(Some(handles))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Observes every `agent.interval` and at once on a material change (a task started or stopped,
+/// the drain status changed), and publishes each observation as the one value everyone reads.
 async fn observe_loop(
-    cfg: Arc<Config>,
+    ctx: Context,
     observer: Observer,
-    health: Arc<Health>,
-    report_tx: watch::Sender<Option<Arc<HostStatus>>>,
-    families_tx: watch::Sender<Option<Vec<String>>>,
-    figures_tx: watch::Sender<Option<Arc<HostFigures>>>,
+    observed: watch::Sender<Option<Arc<Observation>>>,
     mut drain: Option<watch::Receiver<DrainStatus>>,
-    publish_now: Arc<Notify>,
-    token: CancellationToken,
 ) {
+    let Context {
+        cfg, health, token, ..
+    } = ctx;
+    let mut material_changes = 0u64;
     let mut ticker = tokio::time::interval(cfg.agent.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stdout = cfg.sinks.enabled.contains(&SinkKind::Stdout);
@@ -296,14 +304,11 @@ async fn observe_loop(
         };
         match observer.snapshot().await {
             Ok(snapshot) => {
-                families_tx.send_replace(Some(snapshot.task_families()));
                 let mut report = HostStatus::assess(snapshot, &cfg.capacity);
                 report.drain = drain
                     .as_mut()
                     .map(|status| status.borrow_and_update().clone());
-                let figures = Arc::new(figures_of(&cfg, &report));
-                report.figures = Some((*figures).clone());
-                figures_tx.send_replace(Some(figures));
+                report.figures = Some(figures_of(&cfg, &report));
                 health.observed();
                 if !ready {
                     crate::systemd::notify_ready();
@@ -312,10 +317,13 @@ async fn observe_loop(
                 if stdout {
                     print_report(&report);
                 }
-                report_tx.send_replace(Some(Arc::new(report)));
                 if material {
-                    publish_now.notify_one();
+                    material_changes += 1;
                 }
+                observed.send_replace(Some(Arc::new(Observation {
+                    status: report,
+                    material_changes,
+                })));
             }
             Err(e) => {
                 health.error("observation");

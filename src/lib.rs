@@ -20,6 +20,7 @@ pub mod instance_id;
 pub mod logging;
 pub mod metrics;
 pub mod notice;
+pub mod observation;
 pub mod protection;
 pub mod retry;
 pub mod rfc3339;

@@ -11,7 +11,7 @@ use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use futures_util::future::BoxFuture;
-use tokio::sync::{OnceCell, watch};
+use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use super::Effects;
@@ -51,12 +51,15 @@ impl Target {
     }
 }
 
+/// The families of the ECS tasks the local Docker engine runs; `None` while unknown.
+type LocalTasks = Box<dyn Fn() -> Option<Vec<String>> + Send + Sync>;
+
 pub struct AwsEffects {
     ecs: aws_sdk_ecs::Client,
     autoscaling: aws_sdk_autoscaling::Client,
     target: Target,
     arn: OnceCell<String>,
-    local_tasks: Option<watch::Receiver<Option<Vec<String>>>>,
+    local_tasks: Option<LocalTasks>,
     ignore_families: Vec<String>,
 }
 
@@ -75,8 +78,11 @@ impl AwsEffects {
 
     /// Families of the ECS tasks running per the local Docker engine (`None` = unknown). A drain
     /// ends only when ECS and Docker both say the tasks are gone.
-    pub fn with_local_tasks(mut self, rx: watch::Receiver<Option<Vec<String>>>) -> AwsEffects {
-        self.local_tasks = Some(rx);
+    pub fn with_local_tasks(
+        mut self,
+        families: impl Fn() -> Option<Vec<String>> + Send + Sync + 'static,
+    ) -> AwsEffects {
+        self.local_tasks = Some(Box::new(families));
         self
     }
 
@@ -237,8 +243,7 @@ impl AwsEffects {
 
     /// Tasks the local Docker engine still runs, not counting ignored families; `None` when unknown.
     fn local_remaining(&self) -> Option<u32> {
-        let rx = self.local_tasks.as_ref()?;
-        let families = rx.borrow().clone()?;
+        let families = (self.local_tasks.as_ref()?)()?;
         Some(families.iter().filter(|f| !self.ignored(f)).count() as u32)
     }
 

@@ -33,9 +33,10 @@ use aws_smithy_runtime_api::client::interceptors::context::InterceptorContext;
 use aws_smithy_runtime_api::client::retries::classifiers::{ClassifyRetry, RetryAction};
 use aws_smithy_types::DateTime;
 use aws_smithy_types::error::display::DisplayErrorContext;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::Observed;
 use super::figures::{HostFigures, METRICS};
 use crate::aws::{self, Outcome};
 use crate::config::{CloudWatchConfig, Config};
@@ -364,16 +365,20 @@ impl Publisher {
     }
 
     /// Publishes until `token` is cancelled: at every period boundary (the interval aligned to the
-    /// clock), and at once when `publish_now` is notified (a material change) by claiming the next
-    /// period early. Sends run beside the clock, never blocking whoever updates `figures`.
-    pub async fn run(
+    /// clock), and at once when an observation says something material changed, by claiming the
+    /// next period early. Sends run beside the clock, never blocking whoever updates `observed`.
+    pub async fn run<O: Observed>(
         mut self,
-        mut figures: watch::Receiver<Option<Arc<HostFigures>>>,
-        publish_now: Arc<Notify>,
+        mut observed: watch::Receiver<Option<Arc<O>>>,
         token: CancellationToken,
     ) {
         let mut in_flight: Option<tokio::task::JoinHandle<SendResult>> = None;
         let mut next = Period::containing(SystemTime::now(), self.interval).next();
+        let mut material_seen = observed
+            .borrow_and_update()
+            .as_deref()
+            .map_or(0, O::material_changes);
+        let mut observing = true;
         loop {
             let sleep = until(next.start());
             tokio::select! {
@@ -381,12 +386,22 @@ impl Publisher {
                 _ = tokio::time::sleep(sleep) => {
                     let due = next;
                     next = Period::containing(SystemTime::now(), self.interval).next().max(due.next());
-                    let f = figures.borrow_and_update().clone();
-                    self.claim(due, f.as_deref());
+                    // Not marked seen: a material change still publishes early after this.
+                    let o = observed.borrow().clone();
+                    self.claim(due, o.as_deref().and_then(O::figures));
                 }
-                _ = publish_now.notified() => {
+                changed = observed.changed(), if observing => {
+                    if changed.is_err() {
+                        observing = false;
+                        continue;
+                    }
+                    let o = observed.borrow_and_update().clone();
+                    let material = o.as_deref().map_or(material_seen, O::material_changes);
+                    if material <= material_seen {
+                        continue;
+                    }
+                    material_seen = material;
                     let now = Period::containing(SystemTime::now(), self.interval);
-                    let f = figures.borrow_and_update().clone();
                     // The current period if still free, else the next one (sent early, timestamped
                     // with its own start); if that is claimed too, the change waits for the clock.
                     let target = match self.claimed {
@@ -394,7 +409,7 @@ impl Publisher {
                         _ => now,
                     };
                     if self.claimed.is_none_or(|c| c < target) {
-                        self.claim(target, f.as_deref());
+                        self.claim(target, o.as_deref().and_then(O::figures));
                         if target > now {
                             next = next.max(target.next());
                         }

@@ -14,11 +14,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
+use crate::observation::Observation;
 use crate::status::HostStatus;
 
 #[derive(Clone)]
 struct Shared {
-    report: watch::Receiver<Option<Arc<HostStatus>>>,
+    observed: watch::Receiver<Option<Arc<Observation>>>,
     health: Arc<Health>,
     interval: Duration,
 }
@@ -26,7 +27,7 @@ struct Shared {
 /// Binds now (so a taken port fails start-up) and returns the serving future.
 pub async fn serve(
     addr: SocketAddr,
-    report: watch::Receiver<Option<Arc<HostStatus>>>,
+    observed: watch::Receiver<Option<Arc<Observation>>>,
     health: Arc<Health>,
     interval: Duration,
     shutdown: CancellationToken,
@@ -41,7 +42,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .with_state(Shared {
-            report,
+            observed,
             health,
             interval,
         });
@@ -57,13 +58,13 @@ pub async fn serve(
 }
 
 async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
-    let report = s.report.borrow().clone();
+    let observed = s.observed.borrow().clone();
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        render(report.as_deref(), &s.health),
+        render(observed.as_ref().map(|o| &o.status), &s.health),
     )
 }
 

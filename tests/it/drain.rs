@@ -675,7 +675,8 @@ async fn local_docker_view_keeps_the_drain_waiting_until_it_agrees() {
     let (runner, handles) = Runner::new(
         settings(),
         Store::open(dir.path()).unwrap(),
-        w.effects().with_local_tasks(local_rx),
+        w.effects()
+            .with_local_tasks(move || local_rx.borrow().clone()),
         Arc::new(Health::default()),
     );
     let (tx, rx) = mpsc::channel(4);

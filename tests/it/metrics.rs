@@ -10,8 +10,8 @@ use ecs_capacity_agent::capacity::{self, HostInput, Quantity, TaskShape};
 use ecs_capacity_agent::config::{CloudWatchConfig, Config};
 use ecs_capacity_agent::health::Health;
 use ecs_capacity_agent::metrics::cloudwatch::{self, Publisher};
-use ecs_capacity_agent::metrics::{HostFacts, HostFigures};
-use tokio::sync::{Notify, watch};
+use ecs_capacity_agent::metrics::{HostFacts, HostFigures, Observed};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::require;
@@ -78,15 +78,49 @@ async fn peers() -> Result<(Moto, CloudWatchProxy), String> {
     Ok((moto, proxy))
 }
 
+/// What the daemon's observe loop publishes, reduced to what the publisher reads.
+struct Published {
+    figures: HostFigures,
+    material_changes: u64,
+}
+
+impl Observed for Published {
+    fn figures(&self) -> Option<&HostFigures> {
+        Some(&self.figures)
+    }
+
+    fn material_changes(&self) -> u64 {
+        self.material_changes
+    }
+}
+
+fn published(figures: HostFigures) -> Option<Arc<Published>> {
+    Some(Arc::new(Published {
+        figures,
+        material_changes: 0,
+    }))
+}
+
 struct Running {
     token: CancellationToken,
     task: tokio::task::JoinHandle<()>,
-    figures: watch::Sender<Option<Arc<HostFigures>>>,
-    publish_now: Arc<Notify>,
+    observed: watch::Sender<Option<Arc<Published>>>,
     health: Arc<Health>,
 }
 
 impl Running {
+    /// The latest figures again, as an observation taken because something material changed.
+    fn material_change(&self) {
+        self.observed.send_modify(|o| {
+            if let Some(o) = o {
+                *o = Arc::new(Published {
+                    figures: o.figures.clone(),
+                    material_changes: o.material_changes + 1,
+                });
+            }
+        });
+    }
+
     async fn stop(self) {
         self.token.cancel();
         let _ = self.task.await;
@@ -106,15 +140,13 @@ fn run_publisher(
         interval,
         health.clone(),
     );
-    let (tx, rx) = watch::channel(Some(Arc::new(f)));
-    let publish_now = Arc::new(Notify::new());
+    let (tx, rx) = watch::channel(published(f));
     let token = CancellationToken::new();
-    let task = tokio::spawn(publisher.run(rx, publish_now.clone(), token.clone()));
+    let task = tokio::spawn(publisher.run(rx, token.clone()));
     Running {
         token,
         task,
-        figures: tx,
-        publish_now,
+        observed: tx,
         health,
     }
 }
@@ -268,7 +300,7 @@ async fn several_hosts_one_period_sum_is_the_clusters_container_capacity() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn steady_state_sends_exactly_one_put_per_interval_even_with_publish_now() {
+async fn steady_state_sends_exactly_one_put_per_interval_even_with_material_changes() {
     let (_moto, proxy) = require!(peers().await, "moto");
     let sdk = proxy.sdk_config().await;
     let cluster = capacity::compute(&[host("i-0steady", 512, 512)], &[shape()], 1.0);
@@ -284,9 +316,9 @@ async fn steady_state_sends_exactly_one_put_per_interval_even_with_publish_now()
     .await
     .expect("first periods published");
     // Material changes: the first claims the next period early, the second finds it claimed.
-    r.publish_now.notify_one();
+    r.material_change();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    r.publish_now.notify_one();
+    r.material_change();
     eventually(Duration::from_secs(60), || async {
         (proxy.period_puts().len() >= 6).then_some(())
     })
@@ -332,14 +364,14 @@ async fn outage_of_three_intervals_delivers_the_buffered_periods_after() {
     // the publisher must never hold up, outage or not.
     let observing = CancellationToken::new();
     let observer = {
-        let tx = r.figures.clone();
+        let tx = r.observed.clone();
         let stop = observing.clone();
         let h = h.clone();
         tokio::spawn(async move {
             let mut n = 0u32;
             while !stop.is_cancelled() {
                 n += 1;
-                tx.send_replace(Some(Arc::new(figures(&h, n))));
+                tx.send_replace(published(figures(&h, n)));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             n
