@@ -51,8 +51,8 @@ pub struct AgentConfig {
     /// How often the host is observed and its capacity reported.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
-    /// `auto` probes IMDS once at start and switches AWS features off when it does not answer;
-    /// `on` requires AWS; `off` never talks to AWS.
+    /// `auto` is `on` on an EC2 instance (told by the DMI/hypervisor files under `host.sysfs_root`,
+    /// no network) and `off` elsewhere; `on` requires AWS; `off` never talks to AWS.
     pub aws: Toggle,
 }
 
@@ -84,6 +84,9 @@ pub struct HostConfig {
     pub ecs_agent_url: String,
     /// sysfs network class directory, to count attached interfaces when IMDS is off.
     pub sysfs_net: PathBuf,
+    /// sysfs root whose DMI and hypervisor files (`class/dmi/id/…`, `hypervisor/uuid`) tell
+    /// `agent.aws = "auto"` whether this is an EC2 instance, without asking the network.
+    pub sysfs_root: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -292,6 +295,7 @@ impl Default for HostConfig {
             docker_resync_interval: Duration::from_secs(60),
             ecs_agent_url: "http://127.0.0.1:51678".into(),
             sysfs_net: "/sys/class/net".into(),
+            sysfs_root: "/sys".into(),
         }
     }
 }

@@ -19,7 +19,8 @@ use crate::metrics::figures::{HostFacts, HostFigures};
 use crate::observation::Observation;
 use crate::status::HostStatus;
 
-/// Resolves on SIGTERM or SIGINT.
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when it is first polled; the daemon
+/// polls it before starting anything else.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (mut term, mut int) = match (
@@ -38,16 +39,51 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Signals whose default action would end the process mid-drain (SIGHUP from a closed terminal, a
+/// stray SIGUSR1/SIGUSR2, SIGQUIT): each is logged and otherwise ignored until `token` is cancelled.
+/// Installed before this returns.
+fn ignore_signals(ctx: &Context) {
+    use tokio::signal::unix::{SignalKind, signal};
+    for (name, kind) in [
+        ("SIGHUP", SignalKind::hangup()),
+        ("SIGUSR1", SignalKind::user_defined1()),
+        ("SIGUSR2", SignalKind::user_defined2()),
+        ("SIGQUIT", SignalKind::quit()),
+    ] {
+        let mut stream = match signal(kind) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(signal = name, error = %e, "cannot install a handler; this signal ends the daemon");
+                continue;
+            }
+        };
+        let token = ctx.token.clone();
+        ctx.tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    got = stream.recv() => {
+                        if got.is_none() {
+                            return;
+                        }
+                        tracing::warn!(signal = name, "signal received and ignored (stop with SIGTERM)");
+                    }
+                }
+            }
+        });
+    }
+}
+
 /// What the daemon found it can use at start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reach {
     pub aws: bool,
 }
 
-/// Decides once whether AWS (IMDS, the instance role) is there. `auto` asks IMDS for a token with a
-/// short timeout: a machine that is not an EC2 instance answers nothing and everything that needs AWS
-/// is switched off, saying so once.
-pub async fn detect_reach(cfg: &Config) -> Reach {
+/// Decides once, without the network, whether AWS (IMDS, the instance role) is to be used. `auto`
+/// means `on` on an EC2 instance, told by the files EC2 exposes under `host.sysfs_root`, and `off`
+/// elsewhere; on EC2 an IMDS that does not answer is a fault to retry, not a reason to stop.
+pub fn detect_reach(cfg: &Config) -> Reach {
     let aws = match cfg.agent.aws {
         Toggle::On => true,
         Toggle::Off => {
@@ -56,26 +92,47 @@ pub async fn detect_reach(cfg: &Config) -> Reach {
             );
             false
         }
-        Toggle::Auto => match imds::Client::new(&cfg.imds) {
-            Ok(client) => match client.probe().await {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(
-                        endpoint = client.endpoint(),
-                        error = %e,
-                        "IMDS did not answer: not on EC2, or the hop limit is 1 and this runs in a container. \
-                         AWS features are off: no interruption notices, no draining, no CloudWatch; local sinks only"
-                    );
-                    false
-                }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "no IMDS client: AWS features are off; local sinks only");
+        Toggle::Auto => match on_ec2(&cfg.host.sysfs_root) {
+            Some(evidence) => {
+                tracing::info!(%evidence, "on EC2 (agent.aws = \"auto\"): AWS features on");
+                true
+            }
+            None => {
+                tracing::info!(
+                    sysfs_root = %cfg.host.sysfs_root.display(),
+                    "not an EC2 instance (no EC2 DMI or hypervisor files): AWS features off; local sinks only"
+                );
                 false
             }
         },
     };
     Reach { aws }
+}
+
+/// Which of the files EC2 exposes under `sysfs_root` says this is an EC2 instance; `None` when none
+/// does. Nitro instances carry the DMI vendor and asset tag, Xen ones the hypervisor UUID.
+pub fn on_ec2(sysfs_root: &std::path::Path) -> Option<String> {
+    let read = |rel: &str| {
+        std::fs::read_to_string(sysfs_root.join(rel))
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    type Says = fn(&str) -> bool;
+    let checks: [(&str, Says); 4] = [
+        ("class/dmi/id/sys_vendor", |v| v == "Amazon EC2"),
+        ("class/dmi/id/board_asset_tag", |v| v.starts_with("i-")),
+        ("hypervisor/uuid", |v| {
+            v.starts_with("ec2") || v.starts_with("EC2")
+        }),
+        ("class/dmi/id/product_uuid", |v| {
+            v.starts_with("ec2") || v.starts_with("EC2")
+        }),
+    ];
+    checks.into_iter().find_map(|(rel, says_ec2)| {
+        read(rel)
+            .filter(|v| says_ec2(v))
+            .map(|v| format!("{rel} = {v}"))
+    })
 }
 
 /// One observation of the host (for `status`). A source that cannot be read is recorded in
@@ -98,7 +155,17 @@ struct Context {
     tracker: TaskTracker,
 }
 
+/// Health fault kinds the daemon sets while a part it needs is not there yet.
+const FAULT_INSTANCE_ID: &str = "instance_id";
+const FAULT_DRAIN_STATE: &str = "drain_state";
+const FAULT_CLOUDWATCH: &str = "cloudwatch";
+
 /// Runs until `shutdown` resolves, then lets in-flight work finish and returns.
+///
+/// Start order: the signal handlers, then the notice pollers and the drain runner, then the rest.
+/// Nothing here waits on the network: the instance id, the ENI limits, EC2 and the CloudWatch
+/// check are looked up in the background, retried until they answer, and the daemon reports
+/// unhealthy with the reason meanwhile.
 pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let ctx = Context {
         cfg: Arc::new(loaded.config),
@@ -106,6 +173,10 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
         token: CancellationToken::new(),
         tracker: TaskTracker::new(),
     };
+    // Polled once now so that its handlers are installed before anything else starts.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let stopped_early = futures_util::poll!(shutdown.as_mut()).is_ready();
+    ignore_signals(&ctx);
     let Context {
         cfg,
         health,
@@ -114,10 +185,28 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
     } = ctx.clone();
     // The one value every observation publishes; the sinks and the drain read it.
     let (observed_tx, observed) = watch::channel::<Option<Arc<Observation>>>(None);
+    // The drain's handles, once its runner has what it needs to act (the instance id).
+    let (drain_tx, drain) = watch::channel::<Option<Handles>>(None);
 
-    let reach = detect_reach(&cfg).await;
-    if !reach.aws && cfg.sinks.enabled.contains(&SinkKind::Cloudwatch) {
-        tracing::warn!("sink \"cloudwatch\" is configured but AWS is not reachable: it is off");
+    let reach = detect_reach(&cfg);
+    let mut imds_client = None;
+    if reach.aws {
+        match imds::Client::new(&cfg.imds) {
+            Ok(client) => {
+                let client = Arc::new(client);
+                start_drain(&ctx, client.clone(), &observed, drain_tx);
+                imds_client = Some(client);
+            }
+            Err(e) => {
+                health.fault(FAULT_INSTANCE_ID, format!("no IMDS client: {e}"));
+                tracing::error!(
+                    error = %e,
+                    "cannot build the IMDS client: no interruption notices, no draining"
+                );
+            }
+        }
+    } else if cfg.sinks.enabled.contains(&SinkKind::Cloudwatch) {
+        tracing::warn!("sink \"cloudwatch\" is configured but AWS features are off: it is off");
     }
 
     if cfg.sinks.enabled.contains(&SinkKind::Prometheus) {
@@ -134,45 +223,30 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
     }
 
     let observer = Observer::start(cfg.clone(), token.clone(), &tracker).await;
-
-    let mut drain = None;
-    if reach.aws {
-        let sdk = crate::aws::sdk_config().await;
-        match imds::Client::new(&cfg.imds) {
-            Ok(client) => {
-                let client = Arc::new(client);
-                let facts = instance_facts(&client).await;
-                observer
-                    .set_instance(facts.clone(), Some(aws_sdk_ec2::Client::new(&sdk)))
-                    .await;
-                drain = start_drain(&ctx, &sdk, client, facts.instance_id, &observed)?;
-            }
-            Err(e) => tracing::error!(
-                error = %e,
-                "cannot build the IMDS client: no interruption notices, no draining"
-            ),
-        }
-        if cfg.sinks.enabled.contains(&SinkKind::Cloudwatch) {
-            // Fails fast on a bad region, missing credentials or a denied permission.
-            let publisher = metrics::cloudwatch::start(&sdk, &cfg, health.clone()).await?;
-            tracker.spawn(publisher.run(observed.clone(), token.clone()));
-        }
+    if let Some(client) = imds_client {
+        tracker.spawn(start_optional(
+            ctx.clone(),
+            client,
+            observer.clone(),
+            observed.clone(),
+        ));
     }
-
     tracker.spawn(observe_loop(
         ctx.clone(),
         observer,
         observed_tx,
-        drain.as_ref().map(|d| d.status.clone()),
+        drain.clone(),
     ));
-    tracker.close();
 
     tracing::info!(cluster = %cfg.agent.cluster, interval = ?cfg.agent.interval, "ecs-capacity-agent running");
-    shutdown.await;
-    if let Some(d) = drain.as_ref().filter(|_| cfg.drain.drain_on_shutdown) {
+    if !stopped_early {
+        shutdown.await;
+    }
+    let handles = drain.borrow().clone();
+    if let Some(d) = handles.filter(|_| cfg.drain.drain_on_shutdown) {
         // Everything else keeps running meanwhile: the observer still counts the tasks.
         crate::drain::drain_before_shutdown(
-            d,
+            &d,
             cfg.drain.shutdown_drain_timeout,
             crate::drain::system_is_stopping,
         )
@@ -180,18 +254,169 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
     }
     crate::systemd::notify_stopping();
     token.cancel();
+    tracker.close();
     tracker.wait().await;
     tracing::info!("ecs-capacity-agent stopped");
     Ok(())
 }
 
-/// What IMDS says about this instance; each look-up that fails is logged and left unknown.
-async fn instance_facts(client: &imds::Client) -> InstanceFacts {
-    let instance_id = client
-        .instance_id()
+/// Retries `attempt` with backoff until it succeeds or the daemon stops; the health fault `kind`
+/// holds the last error meanwhile. The first failure is logged as a warning, later ones once a
+/// minute with their count.
+async fn until_known<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    ctx: &Context,
+    kind: &'static str,
+    what: &str,
+    mut attempt: impl FnMut() -> F,
+) -> Option<T> {
+    let mut backoff =
+        crate::retry::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut failures = 0u64;
+    let mut last_warned: Option<tokio::time::Instant> = None;
+    loop {
+        let result = tokio::select! {
+            _ = ctx.token.cancelled() => return None,
+            r = attempt() => r,
+        };
+        match result {
+            Ok(v) => {
+                if failures > 0 {
+                    tracing::info!(failures, "{what}: known now");
+                }
+                ctx.health.clear_fault(kind);
+                return Some(v);
+            }
+            Err(e) => {
+                failures += 1;
+                ctx.health.error(kind);
+                ctx.health.fault(kind, format!("{what}: {e} (retrying)"));
+                if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    tracing::warn!(failures, error = %e, "{what}: retrying with backoff");
+                    last_warned = Some(tokio::time::Instant::now());
+                }
+            }
+        }
+        tokio::select! {
+            _ = ctx.token.cancelled() => return None,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+/// The notice pollers at once (they need only IMDS), and the drain runner as soon as the instance
+/// id is known: notices found before that wait in the channel and are acted on then.
+fn start_drain(
+    ctx: &Context,
+    client: Arc<imds::Client>,
+    observed: &watch::Receiver<Option<Arc<Observation>>>,
+    handles_tx: watch::Sender<Option<Handles>>,
+) {
+    // Bounded: the pollers send a notice once when it appears and again only when it changes.
+    let (tx, rx) = mpsc::channel(32);
+    imds::spawn_pollers(
+        client.clone(),
+        &ctx.cfg.imds,
+        tx,
+        ctx.token.clone(),
+        &ctx.tracker,
+        ctx.health.clone(),
+    );
+    ctx.health
+        .fault(FAULT_INSTANCE_ID, "not known yet: no drain can be acted on");
+    let ctx = ctx.clone();
+    let observed = observed.clone();
+    ctx.tracker.clone().spawn(async move {
+        let Some(instance_id) = until_known(&ctx, FAULT_INSTANCE_ID, "IMDS instance id", || {
+            client.instance_id()
+        })
         .await
-        .inspect_err(|e| tracing::error!(error = %e, "IMDS: no instance id"))
-        .ok();
+        else {
+            return;
+        };
+        let cfg = &ctx.cfg;
+        let Some(store) = until_known(&ctx, FAULT_DRAIN_STATE, "drain state", || async {
+            Store::open(&cfg.agent.state_dir).map_err(|e| {
+                format!("{e} (agent.state_dir must be writable; a drain must survive a restart)")
+            })
+        })
+        .await
+        else {
+            return;
+        };
+        let sdk = crate::aws::sdk_config().await;
+        let effects = Arc::new(
+            AwsEffects::new(&sdk, Target::from_config(cfg, instance_id.into()))
+                .with_local_tasks(move || {
+                    observed.borrow().as_deref().map(Observation::task_families)
+                })
+                .with_ignored_families(cfg.drain.ignore_families.clone()),
+        );
+        // The one runner over the state: notices come on `rx`, the shutdown drain through `handles`.
+        let (runner, handles) = Runner::new(
+            Settings::from_config(&cfg.drain),
+            store,
+            effects.clone(),
+            ctx.health.clone(),
+        );
+        handles_tx.send_replace(Some(handles));
+        let resolving = ctx.token.clone();
+        ctx.tracker
+            .spawn(async move { effects.resolve_ahead(&resolving).await });
+        runner.run(rx, ctx.token.clone()).await;
+    });
+}
+
+/// What only the capacity figures and the CloudWatch sink need, after the drain has started: the
+/// instance's facts (ENI limits, EC2) and the CloudWatch check. Each is retried until it answers;
+/// none of them failing stops the daemon.
+async fn start_optional(
+    ctx: Context,
+    client: Arc<imds::Client>,
+    observer: Observer,
+    observed: watch::Receiver<Option<Arc<Observation>>>,
+) {
+    let sdk = crate::aws::sdk_config().await;
+    let facts = {
+        let client = client.clone();
+        let ctx = ctx.clone();
+        let sdk = sdk.clone();
+        let observer = observer.clone();
+        async move {
+            let Some(instance_id) = until_known(&ctx, "instance_facts", "IMDS instance id", || {
+                client.instance_id()
+            })
+            .await
+            else {
+                return;
+            };
+            let facts = instance_facts(&client, instance_id).await;
+            observer
+                .set_instance(facts, Some(aws_sdk_ec2::Client::new(&sdk)))
+                .await;
+        }
+    };
+    ctx.tracker.spawn(facts);
+    if ctx.cfg.sinks.enabled.contains(&SinkKind::Cloudwatch) {
+        // A bad region, missing credentials or a denied permission: said, reported unhealthy and
+        // retried; the drain goes on meanwhile.
+        let health = ctx.health.clone();
+        let Some(publisher) = until_known(&ctx, FAULT_CLOUDWATCH, "CloudWatch check", || {
+            metrics::cloudwatch::start(&sdk, &ctx.cfg, health.clone())
+        })
+        .await
+        else {
+            return;
+        };
+        publisher.run(observed, ctx.token.clone()).await;
+    }
+}
+
+/// What IMDS says about this instance besides its id; each look-up that fails is logged and left
+/// unknown.
+async fn instance_facts(
+    client: &imds::Client,
+    instance_id: crate::instance_id::InstanceId,
+) -> InstanceFacts {
     let instance_type = client
         .instance_type()
         .await
@@ -203,64 +428,10 @@ async fn instance_facts(client: &imds::Client) -> InstanceFacts {
         .inspect_err(|e| tracing::warn!(error = %e, "IMDS: no MAC list; ENIs counted from sysfs"))
         .ok();
     InstanceFacts {
-        instance_id,
+        instance_id: Some(instance_id),
         instance_type,
         macs,
     }
-}
-
-/// The notice pollers and the drain runner. Without an instance id there is nothing to drain.
-fn start_drain(
-    ctx: &Context,
-    sdk: &aws_config::SdkConfig,
-    client: Arc<imds::Client>,
-    instance_id: Option<crate::instance_id::InstanceId>,
-    observed: &watch::Receiver<Option<Arc<Observation>>>,
-) -> Result<Option<Handles>, Error> {
-    let Context {
-        cfg,
-        health,
-        token,
-        tracker,
-    } = ctx;
-    let Some(instance_id) = instance_id else {
-        tracing::error!("the instance id is unknown: no interruption notices, no draining");
-        return Ok(None);
-    };
-    let store = Store::open(&cfg.agent.state_dir).map_err(|e| {
-        Error::Unavailable(format!(
-            "drain state: {e} (agent.state_dir must be writable; a drain must survive a restart)"
-        ))
-    })?;
-    let effects = Arc::new(
-        AwsEffects::new(sdk, Target::from_config(cfg, instance_id.into()))
-            .with_local_tasks({
-                let observed = observed.clone();
-                move || observed.borrow().as_deref().map(Observation::task_families)
-            })
-            .with_ignored_families(cfg.drain.ignore_families.clone()),
-    );
-    // The one runner over the state: notices come on `rx`, the shutdown drain through `handles`.
-    let (runner, handles) = Runner::new(
-        Settings::from_config(&cfg.drain),
-        store,
-        effects.clone(),
-        health.clone(),
-    );
-    // Bounded: the pollers send a notice once when it appears and again only when it changes.
-    let (tx, rx) = mpsc::channel(32);
-    imds::spawn_pollers(
-        client,
-        &cfg.imds,
-        tx,
-        token.clone(),
-        tracker,
-        health.clone(),
-    );
-    tracker.spawn(runner.run(rx, token.clone()));
-    let resolving = token.clone();
-    tracker.spawn(async move { effects.resolve_ahead(&resolving).await });
-    Ok(Some(handles))
 }
 
 /// Observes every `agent.interval` and at once on a material change (a task started or stopped,
@@ -269,8 +440,11 @@ async fn observe_loop(
     ctx: Context,
     observer: Observer,
     observed: watch::Sender<Option<Arc<Observation>>>,
-    mut drain: Option<watch::Receiver<DrainStatus>>,
+    mut handles: watch::Receiver<Option<Handles>>,
 ) {
+    // The drain's status, once its runner runs.
+    let mut drain: Option<watch::Receiver<DrainStatus>> = None;
+    let mut handles_open = true;
     let Context {
         cfg, health, token, ..
     } = ctx;
@@ -301,6 +475,14 @@ async fn observe_loop(
             }
             // A drain that starts or ends is one too: the figures must say so before they go out.
             Some(()) = drain_changed(drain.as_mut()) => true,
+            r = handles.changed(), if drain.is_none() && handles_open => {
+                if r.is_err() {
+                    handles_open = false;
+                    continue;
+                }
+                drain = handles.borrow_and_update().as_ref().map(|h| h.status.clone());
+                true
+            }
         };
         match observer.snapshot().await {
             Ok(snapshot) => {
@@ -375,4 +557,50 @@ fn print_report(report: &HostStatus) {
     };
     // A closed stdout (e.g. piped into `head`) must not end the daemon.
     let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sysfs(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (rel, body) in files {
+            let p = dir.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, body).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn ec2_is_told_by_the_dmi_and_hypervisor_files() {
+        for (files, ec2) in [
+            (vec![("class/dmi/id/sys_vendor", "Amazon EC2\n")], true),
+            (
+                vec![("class/dmi/id/board_asset_tag", "i-0123456789abcdef0\n")],
+                true,
+            ),
+            (
+                vec![("hypervisor/uuid", "ec2e1916-9099-7caf-fd21-012345abcdef\n")],
+                true,
+            ),
+            (
+                vec![(
+                    "class/dmi/id/product_uuid",
+                    "EC2E1916-9099-7CAF-FD21-012345ABCDEF\n",
+                )],
+                true,
+            ),
+            (vec![("class/dmi/id/sys_vendor", "QEMU\n")], false),
+            (
+                vec![("class/dmi/id/product_uuid", "4c4c4544-0042-3510\n")],
+                false,
+            ),
+            (vec![], false),
+        ] {
+            let dir = sysfs(&files);
+            assert_eq!(on_ec2(dir.path()).is_some(), ec2, "{files:?}");
+        }
+    }
 }

@@ -85,6 +85,9 @@ impl Sent {
     }
 }
 
+/// The longest pause between polls after errors, unless the poll interval is longer.
+const BACKOFF_CAP: Duration = Duration::from_millis(1250);
+
 /// Polling cadence: `interval` normally; after an error, jittered backoff from `interval` up to `cap`.
 #[derive(Debug, Clone, Copy)]
 pub struct Cadence {
@@ -93,13 +96,13 @@ pub struct Cadence {
 }
 
 impl Cadence {
-    /// Backs off to ten polls' worth, at most 10 s: with a spot notice's two minutes, a recovering
-    /// IMDS is still heard in time.
+    /// Backs off to ten polls' worth, at most 1.25 s (never below the interval): a notice that
+    /// appears as IMDS recovers is seen within about 1.5 s.
     pub fn from_config(cfg: &ImdsConfig) -> Cadence {
         let interval = cfg.poll_interval.max(Duration::from_millis(10));
         Cadence {
             interval,
-            backoff_cap: (interval * 10).min(Duration::from_secs(10)).max(interval),
+            backoff_cap: (interval * 10).min(BACKOFF_CAP).max(interval),
         }
     }
 }
@@ -312,10 +315,10 @@ mod tests {
     }
 
     #[test]
-    fn cadence_backs_off_at_most_ten_polls_and_ten_seconds() {
+    fn cadence_backs_off_at_most_ten_polls_and_a_second_and_a_quarter() {
         let c = Cadence::from_config(&ImdsConfig::default());
         assert_eq!(c.interval, Duration::from_secs(1));
-        assert_eq!(c.backoff_cap, Duration::from_secs(10));
+        assert_eq!(c.backoff_cap, Duration::from_millis(1250));
         let c = Cadence::from_config(&ImdsConfig {
             poll_interval: Duration::from_millis(100),
             ..ImdsConfig::default()

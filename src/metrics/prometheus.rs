@@ -69,10 +69,14 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
 }
 
 async fn healthz(State(s): State<Shared>) -> impl IntoResponse {
-    if s.health.is_healthy(s.interval) {
-        (StatusCode::OK, "ok\n")
+    let reasons = s.health.unhealthy_reasons(s.interval);
+    if reasons.is_empty() {
+        (StatusCode::OK, "ok\n".to_string())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "no recent observation\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            reasons.iter().map(|r| format!("{r}\n")).collect(),
+        )
     }
 }
 

@@ -13,4 +13,5 @@ mod install;
 mod metrics;
 mod protection;
 mod scale_sim;
+mod start;
 mod systemd_notify;
