@@ -55,6 +55,10 @@ fn figures(report: &capacity::HostReport, running_tasks: u32) -> HostFigures {
             eni_limit: Some(3),
             running_tasks,
             draining: false,
+            placeable: Some(true),
+            capacity_unknown: None,
+            cpu_reserved_difference: None,
+            memory_reserved_difference: None,
         },
         report,
     )
