@@ -54,6 +54,7 @@ fn host(i: usize) -> HostFigures {
         placeable: None,
         cpu_reserved_difference: None,
         memory_reserved_difference: None,
+        removable: Some(false),
     }
 }
 

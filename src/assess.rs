@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::capacity::{self, Definition, HostInput, HostReport, Quantity, TaskShape};
+use crate::capacity::{self, Definition, HostCapacity, HostInput, Quantity, TaskShape};
 use crate::cluster::{self, Instance};
 use crate::config::CapacityConfig;
 use crate::ecs::{Agreement, ClusterShapes, EcsReading, EcsView, Placement, difference};
@@ -210,7 +210,7 @@ pub struct EcsContext {
 pub struct Assessment {
     pub shapes: Vec<TaskShape>,
     pub shape_sources: Vec<ShapeSource>,
-    pub capacity: HostReport,
+    pub capacity: HostCapacity,
     pub placement: Placement,
     pub ecs: Option<EcsView>,
     pub agreement: Agreement,
@@ -247,7 +247,7 @@ pub fn assess(
     let mut input = local.clone();
     if let (Some(reading), Some(ecs)) = (ctx.reading.as_deref(), ecs_instance) {
         let mut v = EcsView {
-            reconciled_at: Some(crate::report::rfc3339::format(reading.at)),
+            reconciled_at: Some(crate::rfc3339::format(reading.at)),
             registered: Some(ecs.is_some()),
             error: ctx.error.clone(),
             ..EcsView::default()
@@ -299,7 +299,7 @@ pub fn assess(
     } else {
         None
     };
-    let capacity = capacity::host_report(&input, largest.as_ref(), &shapes);
+    let capacity = capacity::host_capacity(&input, largest.as_ref(), &shapes);
     Assessment {
         shapes,
         shape_sources,
@@ -311,11 +311,11 @@ pub fn assess(
     }
 }
 
-/// This host's capacity report against `shapes`.
-pub fn host_report(s: &Snapshot, shapes: &[TaskShape]) -> HostReport {
+/// This host's capacity against `shapes`.
+pub fn host_capacity(s: &Snapshot, shapes: &[TaskShape]) -> HostCapacity {
     let host = host_input(s);
     let largest = capacity::largest_task(shapes);
-    capacity::host_report(&host, largest.as_ref(), shapes)
+    capacity::host_capacity(&host, largest.as_ref(), shapes)
 }
 
 #[cfg(test)]
@@ -440,7 +440,7 @@ mod tests {
         };
         let s = snapshot(vec![task("web", 256, 512, &[])], None);
         assert!(shapes(&cfg, &s, None).0.is_empty());
-        assert_eq!(host_report(&s, &[]).spare_tasks, None);
+        assert_eq!(host_capacity(&s, &[]).spare_tasks, None);
     }
 
     #[test]
@@ -456,7 +456,7 @@ mod tests {
             memory_mib: 1024,
             ..Default::default()
         };
-        let r = host_report(&s, &[shape]);
+        let r = host_capacity(&s, &[shape]);
         assert_eq!(r.spare_tasks, Some(2));
     }
 }

@@ -13,11 +13,12 @@ use crate::config::{Config, Loaded, SinkKind, Toggle};
 use crate::drain::{AwsEffects, DrainStatus, Runner, Settings, Store, Target};
 use crate::ecs::{self, ClusterShapes, Definitions, EcsReading};
 use crate::error::Error;
+use crate::health::Health;
 use crate::host::{self, InstanceFacts, Observer, Snapshot};
 use crate::imds;
+use crate::metrics;
 use crate::metrics::figures::{HostFacts, HostFigures};
-use crate::metrics::{self, Health};
-use crate::report::Report;
+use crate::status::HostStatus;
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
@@ -101,13 +102,13 @@ const STATUS_AWS_BUDGET: Duration = Duration::from_secs(15);
 /// `status`: one observation assessed as the daemon would. With AWS on it asks IMDS for this
 /// instance, and ECS for the task definitions (cached in `agent.state_dir`), the cluster's task
 /// shapes (the cache when ECS does not answer) and this container instance.
-pub async fn observe_once(cfg: &Config) -> Result<Report, Error> {
+pub async fn observe_once(cfg: &Config) -> Result<HostStatus, Error> {
     let reach = detect_reach(cfg).await;
     if !reach.aws {
         let mut snapshot = observe(cfg).await?;
         let definitions = Definitions::new(None, &cfg.agent.cluster, &cfg.agent.state_dir);
         ecs::apply_reservations(&mut snapshot, &definitions, &[]).await;
-        return Ok(Report::assess(
+        return Ok(HostStatus::assess(
             snapshot,
             &cfg.capacity,
             None,
@@ -187,7 +188,7 @@ pub async fn observe_once(cfg: &Config) -> Result<Report, Error> {
         }
         None => ctx.error = Some("the instance id is unknown (IMDS did not say)".into()),
     }
-    Ok(Report::assess(
+    Ok(HostStatus::assess(
         snapshot,
         &cfg.capacity,
         shapes.as_ref(),
@@ -223,7 +224,7 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let health = Arc::new(Health::default());
-    let (report_tx, report_rx) = watch::channel::<Option<Arc<Report>>>(None);
+    let (report_tx, report_rx) = watch::channel::<Option<Arc<HostStatus>>>(None);
     let (families_tx, families_rx) = watch::channel::<Option<Vec<String>>>(None);
     let (figures_tx, figures_rx) = watch::channel::<Option<Arc<HostFigures>>>(None);
     let publish_now = Arc::new(Notify::new());
@@ -449,7 +450,7 @@ async fn observe_loop(
     observer: Observer,
     mut ecs_parts: EcsParts,
     health: Arc<Health>,
-    report_tx: watch::Sender<Option<Arc<Report>>>,
+    report_tx: watch::Sender<Option<Arc<HostStatus>>>,
     families_tx: watch::Sender<Option<Vec<String>>>,
     figures_tx: watch::Sender<Option<Arc<HostFigures>>>,
     mut drain: Option<watch::Receiver<DrainStatus>>,
@@ -524,7 +525,7 @@ async fn observe_loop(
                     agreement,
                 };
                 let mut report =
-                    Report::assess(snapshot, &cfg.capacity, cluster_shapes.as_deref(), &ctx);
+                    HostStatus::assess(snapshot, &cfg.capacity, cluster_shapes.as_deref(), &ctx);
                 agreement = report.agreement;
                 report.drain = drain
                     .as_mut()
@@ -562,7 +563,7 @@ async fn drain_changed(drain: Option<&mut watch::Receiver<DrainStatus>>) -> Opti
 }
 
 /// This host's published figures: its capacity report plus identity, usage, ENIs, tasks, drain.
-fn figures_of(cfg: &Config, report: &Report) -> HostFigures {
+fn figures_of(cfg: &Config, report: &HostStatus) -> HostFigures {
     let s = &report.snapshot;
     let non_empty = |v: &str| (!v.trim().is_empty()).then(|| v.trim().to_string());
     let facts = HostFacts {
@@ -587,11 +588,12 @@ fn figures_of(cfg: &Config, report: &Report) -> HostFigures {
             .ecs
             .as_ref()
             .and_then(|e| e.memory_reserved_difference),
+        removable: None,
     };
     HostFigures::from_host(facts, &report.capacity)
 }
 
-fn print_report(report: &Report) {
+fn print_report(report: &HostStatus) {
     use std::io::{IsTerminal, Write};
     let mut out = std::io::stdout().lock();
     let text = if out.is_terminal() {

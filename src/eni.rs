@@ -14,6 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
+use aws_smithy_types::error::display::DisplayErrorContext;
 use serde::{Deserialize, Serialize};
 
 /// The ENI picture for the snapshot.
@@ -237,7 +238,7 @@ pub async fn max_interfaces(
         .instance_types(aws_sdk_ec2::types::InstanceType::from(instance_type))
         .send()
         .await
-        .map_err(|e| err(crate::aws::display_error(&e)))?;
+        .map_err(|e| err(DisplayErrorContext(&e).to_string()))?;
     let limit = out
         .instance_types()
         .iter()

@@ -15,6 +15,7 @@ pub mod ecs;
 pub mod ecs_agent;
 pub mod eni;
 pub mod error;
+pub mod health;
 pub mod host;
 pub mod imds;
 pub mod instance_id;
@@ -22,8 +23,9 @@ pub mod logging;
 pub mod metrics;
 pub mod notice;
 pub mod protection;
-pub mod report;
 pub mod retry;
+pub mod rfc3339;
+pub mod status;
 pub mod systemd;
 
 pub use error::Error;

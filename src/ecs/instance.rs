@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::aws::display_error;
 use crate::cluster::Instance;
+use aws_smithy_types::error::display::DisplayErrorContext;
 
 /// The regular reconciliation interval (jittered by ±20 %).
 pub const EVERY: Duration = Duration::from_secs(300);
@@ -49,8 +49,9 @@ pub async fn describe(
                 .into_paginator()
                 .send();
             while let Some(page) = pages.next().await {
-                let page =
-                    page.map_err(|e| format!("ECS ListContainerInstances: {}", display_error(&e)))?;
+                let page = page.map_err(|e| {
+                    format!("ECS ListContainerInstances: {}", DisplayErrorContext(&e))
+                })?;
                 arns.extend(page.container_instance_arns().iter().cloned());
             }
             arns
@@ -63,7 +64,12 @@ pub async fn describe(
             .set_container_instances(Some(chunk.to_vec()))
             .send()
             .await
-            .map_err(|e| format!("ECS DescribeContainerInstances: {}", display_error(&e)))?;
+            .map_err(|e| {
+                format!(
+                    "ECS DescribeContainerInstances: {}",
+                    DisplayErrorContext(&e)
+                )
+            })?;
         for ci in out.container_instances() {
             if ci.ec2_instance_id() == Some(instance_id) {
                 return crate::cluster::live::instance(ci).map(Some);

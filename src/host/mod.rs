@@ -24,7 +24,7 @@ pub type HostUsage = Usage;
 /// (or empty) and the reason is in `unavailable`, so one missing source never fails the snapshot.
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
-    #[serde(with = "crate::report::rfc3339")]
+    #[serde(with = "crate::rfc3339")]
     pub taken_at: SystemTime,
     pub registered: Registered,
     /// Docker has been listed since start: `tasks` is what runs, not a guess (before the first

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 
 use crate::config::ImdsConfig;
+use crate::error::chain;
 use crate::instance_id::{InstanceId, ParseInstanceIdError};
 
 const TOKEN_PATH: &str = "/latest/api/token";
@@ -57,7 +58,7 @@ pub enum Error {
 }
 
 impl Error {
-    /// A short name for `metrics::Health::error`.
+    /// A short name for `health::Health::error`.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Endpoint { .. } => "imds_endpoint",
@@ -70,11 +71,6 @@ impl Error {
             Error::Missing { .. } => "imds_missing",
             Error::Malformed { .. } => "imds_malformed",
         }
-    }
-
-    /// Whether trying again later may succeed (everything but a bad endpoint and a v2-only refusal).
-    pub fn is_transient(&self) -> bool {
-        !matches!(self, Error::Endpoint { .. } | Error::TokenRefused { .. })
     }
 }
 
@@ -210,20 +206,11 @@ impl Client {
         }
         match resp.status() {
             StatusCode::NOT_FOUND => Ok(None),
-            s if s.is_success() => resp.text().await.map(Some).map_err(|e| {
-                if e.is_timeout() {
-                    Error::Timeout {
-                        url: url.clone(),
-                        timeout: self.timeout,
-                    }
-                } else {
-                    Error::Request {
-                        method: "GET",
-                        url: url.clone(),
-                        cause: chain(&e),
-                    }
-                }
-            }),
+            s if s.is_success() => resp
+                .text()
+                .await
+                .map(Some)
+                .map_err(|e| unanswered("GET", &url, &e, self.timed_out(&url))),
             s => Err(Error::Status {
                 method: "GET",
                 url,
@@ -237,25 +224,16 @@ impl Client {
         if let Some(t) = token {
             req = req.header(TOKEN_HEADER, t);
         }
-        req.send().await.map_err(|e| {
-            if e.is_connect() {
-                Error::Unreachable {
-                    url: url.to_string(),
-                    cause: chain(&e),
-                }
-            } else if e.is_timeout() {
-                Error::Timeout {
-                    url: url.to_string(),
-                    timeout: self.timeout,
-                }
-            } else {
-                Error::Request {
-                    method: "GET",
-                    url: url.to_string(),
-                    cause: chain(&e),
-                }
-            }
-        })
+        req.send()
+            .await
+            .map_err(|e| unanswered("GET", url, &e, self.timed_out(url)))
+    }
+
+    fn timed_out(&self, url: &str) -> Error {
+        Error::Timeout {
+            url: url.to_string(),
+            timeout: self.timeout,
+        }
     }
 
     /// The session token to send (`None` in IMDSv1 mode). `force` discards the cached one.
@@ -311,25 +289,13 @@ impl Client {
             .send()
             .await
             .map_err(|e| {
-                if e.is_connect() {
-                    Error::Unreachable {
-                        url: url.clone(),
-                        cause: chain(&e),
-                    }
-                } else if e.is_timeout() {
-                    // The hop-limit case: the PUT reaches IMDS but its answer (IP TTL 1) dies one
-                    // hop short of a container's network namespace, so it simply never arrives.
-                    Error::Unreachable {
-                        url: url.clone(),
-                        cause: format!("no answer to the token request within {:?}", self.timeout),
-                    }
-                } else {
-                    Error::Request {
-                        method: "PUT",
-                        url: url.clone(),
-                        cause: chain(&e),
-                    }
-                }
+                // The hop-limit case: the PUT reaches IMDS but its answer (IP TTL 1) dies one hop
+                // short of a container's network namespace, so it simply never arrives.
+                let no_answer = Error::Unreachable {
+                    url: url.clone(),
+                    cause: format!("no answer to the token request within {:?}", self.timeout),
+                };
+                unanswered("PUT", &url, &e, no_answer)
             })?;
         let status = resp.status();
         if status.is_success() {
@@ -443,6 +409,25 @@ impl Client {
     }
 }
 
+/// A request IMDS did not answer: refused or unroutable (`Unreachable`), no answer in time
+/// (`on_timeout`), or failed otherwise (`Request`).
+fn unanswered(method: &'static str, url: &str, e: &reqwest::Error, on_timeout: Error) -> Error {
+    if e.is_connect() {
+        Error::Unreachable {
+            url: url.to_string(),
+            cause: chain(e),
+        }
+    } else if e.is_timeout() {
+        on_timeout
+    } else {
+        Error::Request {
+            method,
+            url: url.to_string(),
+            cause: chain(e),
+        }
+    }
+}
+
 /// Refresh this long before the token expires: a tenth of its life, at most a minute.
 fn refresh_margin(ttl: Duration) -> Duration {
     (ttl / 10).min(Duration::from_secs(60))
@@ -453,21 +438,6 @@ fn parse_macs(body: &str) -> Vec<String> {
         .map(|l| l.trim().trim_end_matches('/').to_string())
         .filter(|l| !l.is_empty())
         .collect()
-}
-
-/// An error with its sources: reqwest's Display alone says "error sending request" and hides why.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = cause.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! One host's published figures, and the table of metrics they become.
 //!
 //! `HostFigures` is plain data, filled from a `host::Snapshot`, the host's
-//! `capacity::HostReport` and the drain status (see [`HostFigures::from_host`]); the CloudWatch
+//! `capacity::HostCapacity` and the drain status (see [`HostFigures::from_host`]); the CloudWatch
 //! encoding (`cloudwatch::datums`) and the Prometheus exposition both read only this struct, so the
 //! two sinks can never disagree.
 
@@ -15,7 +15,7 @@ pub const RESOURCES: [&str; 5] = ["cpu", "memory", "ports", "ports_udp", "eni"];
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HostFigures {
-    #[serde(with = "crate::report::rfc3339")]
+    #[serde(with = "crate::rfc3339")]
     pub at: SystemTime,
     pub cluster: String,
     pub instance_id: String,
@@ -43,6 +43,10 @@ pub struct HostFigures {
     /// Local reserved − ECS's reserved at the last reconciliation (CPU units, memory MiB).
     pub cpu_reserved_difference: Option<i64>,
     pub memory_reserved_difference: Option<i64>,
+    /// Counts in the scale-in alarm's `RemovableHosts`: unprotected and idle, or the volunteer
+    /// (always, 0 while draining, when protection is managed by nobody); `None` when this host is
+    /// in no Auto Scaling group (nothing published).
+    pub removable: Option<bool>,
 }
 
 /// What `from_host` needs besides the capacity figures: identity, usage, ENIs, tasks and drain state,
@@ -66,6 +70,7 @@ pub struct HostFacts {
     pub capacity_unknown: Option<String>,
     pub cpu_reserved_difference: Option<i64>,
     pub memory_reserved_difference: Option<i64>,
+    pub removable: Option<bool>,
 }
 
 /// A metric as published: CloudWatch name and unit, Prometheus name, what it means.
@@ -81,7 +86,7 @@ pub struct MetricDef {
 }
 
 /// Every metric this daemon publishes. README.md "Metrics" documents the same table.
-pub const METRICS: [MetricDef; 13] = [
+pub const METRICS: [MetricDef; 14] = [
     MetricDef {
         name: "ContainerCapacity",
         unit: "Count",
@@ -160,6 +165,13 @@ pub const METRICS: [MetricDef; 13] = [
         by_resource: false,
     },
     MetricDef {
+        name: "RemovableHosts",
+        unit: "Count",
+        prometheus: "ecs_capacity_removable",
+        help: "1 while Auto Scaling may take this host without moving tasks it should keep (unprotected and idle, or the scale-in volunteer), else 0 (Sum over {ClusterName} gates the scale-in alarm).",
+        by_resource: false,
+    },
+    MetricDef {
         name: "Hosts",
         unit: "Count",
         prometheus: "ecs_capacity_hosts",
@@ -196,6 +208,7 @@ impl HostFigures {
             "RunningTasks" => Some(f64::from(self.running_tasks)),
             "Draining" => Some(if self.draining { 1.0 } else { 0.0 }),
             "Placeable" => self.placeable.map(|p| if p { 1.0 } else { 0.0 }),
+            "RemovableHosts" => self.removable.map(|r| if r { 1.0 } else { 0.0 }),
             "Hosts" => Some(1.0),
             _ => None,
         }
@@ -231,12 +244,12 @@ impl HostFigures {
     /// idle would let the scale-in alarm remove a second host for the same room. The same holds for
     /// any host ECS would not place on (`placeable` false): 0 and 0, still one datum each, so the
     /// cluster's Sum counts the host. With `capacity_unknown` set no capacity figure is published.
-    pub fn from_host(facts: HostFacts, report: &crate::capacity::HostReport) -> HostFigures {
+    pub fn from_host(facts: HostFacts, capacity: &crate::capacity::HostCapacity) -> HostFigures {
         let mut spare_tasks_by_resource = BTreeMap::new();
         let mut idle_fraction_by_resource = BTreeMap::new();
         let no_room = facts.draining || facts.placeable == Some(false);
         let known = facts.capacity_unknown.is_none();
-        for fit in report.by_resource().into_iter().filter(|_| known) {
+        for fit in capacity.by_resource().into_iter().filter(|_| known) {
             let key = fit.resource.key();
             let (fits, idle) = if no_room {
                 (0, 0.0)
@@ -251,10 +264,10 @@ impl HostFigures {
         } else if no_room {
             (Some(0), Some(0.0))
         } else {
-            (report.spare_tasks, report.idle_fraction)
+            (capacity.spare_tasks, capacity.idle_fraction)
         };
-        let cpu = &report.per_resource.cpu;
-        let memory = &report.per_resource.memory;
+        let cpu = &capacity.per_resource.cpu;
+        let memory = &capacity.per_resource.memory;
         HostFigures {
             at: facts.at,
             cluster: facts.cluster,
@@ -279,6 +292,7 @@ impl HostFigures {
             placeable: facts.placeable,
             cpu_reserved_difference: facts.cpu_reserved_difference,
             memory_reserved_difference: facts.memory_reserved_difference,
+            removable: facts.removable.map(|r| r && !facts.draining),
         }
     }
 }

@@ -121,6 +121,7 @@ fn verdict(me: &str, hosts: &[ViewHost], my_tasks: &[TaskShape]) -> Verdict {
         my_tasks,
         shapes: &[shape(512, 1024)],
         scale_out_threshold: 1.0,
+        daemon_tasks: 0,
     })
 }
 
@@ -167,7 +168,7 @@ fn no_volunteer_when_a_host_is_removable_already() {
     let mut hosts = vec![
         host("i-a", 2, 1024, 2048),
         host("i-b", 1, 512, 1024),
-        host("i-c", 0, 0, 0),
+        host("i-c", 1, 0, 0),
     ];
     hosts[2].protected = false;
     assert_eq!(
@@ -182,6 +183,30 @@ fn no_volunteer_when_a_host_is_removable_already() {
     assert_eq!(
         verdict("i-b", &hosts, &[shape(512, 1024)]),
         Verdict::Volunteer
+    );
+}
+
+#[test]
+fn no_volunteer_while_another_host_is_idle_even_protected() {
+    // i-c runs only its daemon task: it is idle, in its grace or warm-up, and will go by itself.
+    let hosts = [
+        host("i-a", 3, 1024, 2048),
+        host("i-b", 2, 512, 1024),
+        host("i-c", 1, 128, 256),
+    ];
+    let v = judge(&View {
+        me: "i-b",
+        hosts: &hosts,
+        my_tasks: &[shape(512, 1024)],
+        shapes: &[shape(512, 1024)],
+        scale_out_threshold: 1.0,
+        daemon_tasks: 1,
+    });
+    assert_eq!(
+        v,
+        Verdict::IdleHostExists {
+            instance_id: "i-c".into()
+        }
     );
 }
 
@@ -323,4 +348,38 @@ fn the_view_interval_stretches_with_the_cluster() {
         aws::view_interval(five, 1000),
         Duration::from_secs(1000 * 21)
     );
+}
+
+#[test]
+fn daemon_families_neither_make_a_host_busy_nor_move() {
+    let task = |family: &str, cpu_units| crate::host::Task {
+        arn: format!("arn:aws:ecs:us-east-1:1:task/c/{family}"),
+        family: family.into(),
+        revision: "1".into(),
+        network_mode: crate::host::NetworkMode::Bridge,
+        cpu_units,
+        memory_mib: 128,
+        tcp_ports: BTreeSet::new(),
+        udp_ports: BTreeSet::new(),
+        containers: Vec::new(),
+        known_status: None,
+        desired_status: None,
+        usage: None,
+        reserved_by: crate::host::ReservedBy::Docker,
+    };
+    let daemons = vec!["log-router".to_string()];
+    let only_daemon = aws::Local::observed(&[task("log-router", 64)], &daemons, &[], false);
+    assert!(!only_daemon.busy);
+    assert_eq!(only_daemon.daemon_tasks, 1);
+    assert!(only_daemon.tasks.is_empty());
+    let both = aws::Local::observed(
+        &[task("log-router", 64), task("web", 256)],
+        &daemons,
+        &[shape(256, 128)],
+        true,
+    );
+    assert!(both.busy && both.draining);
+    assert_eq!(both.tasks.len(), 1);
+    assert_eq!(both.tasks[0].name, "web");
+    assert_eq!(both.tasks[0].cpu_units, 256);
 }

@@ -12,4 +12,5 @@ mod imds;
 mod install;
 mod metrics;
 mod protection;
+mod scale_sim;
 mod systemd_notify;

@@ -36,6 +36,7 @@ fn figures() -> HostFigures {
         placeable: None,
         cpu_reserved_difference: None,
         memory_reserved_difference: None,
+        removable: None,
     }
 }
 
@@ -120,6 +121,36 @@ fn unknown_figures_are_left_out_never_sent_as_zero() {
         assert!(!names.iter().any(|n| n == gone), "{gone} published");
     }
     assert!(names.iter().any(|n| n == "ENILimit"));
+}
+
+#[test]
+fn removable_hosts_is_published_only_in_a_group_and_never_while_draining() {
+    let names = |f: &HostFigures| -> Vec<String> {
+        flat(&datums(f, &cfg(false)))
+            .into_iter()
+            .map(|(m, _, _)| m)
+            .collect()
+    };
+    assert!(!names(&figures()).iter().any(|n| n == "RemovableHosts"));
+    let mut f = figures();
+    f.removable = Some(true);
+    assert_eq!(
+        find(
+            &datums(&f, &cfg(false)),
+            "RemovableHosts",
+            "ClusterName=prod"
+        ),
+        vec![1.0]
+    );
+    f.removable = Some(false);
+    assert_eq!(
+        find(
+            &datums(&f, &cfg(false)),
+            "RemovableHosts",
+            "ClusterName=prod"
+        ),
+        vec![0.0]
+    );
 }
 
 #[test]
@@ -325,16 +356,16 @@ async fn no_observation_means_no_period() {
 async fn unsent_periods_stay_ambiguous_and_rejected_ones_go() {
     let f = figures();
     for (failure, left) in [
-        (Failure::Unsent, 2),
-        (Failure::Ambiguous, 0),
-        (Failure::Rejected, 0),
+        (Outcome::NotApplied, 2),
+        (Outcome::MaybeApplied, 0),
+        (Outcome::Rejected, 0),
     ] {
         let mut p = publisher(5);
         p.claim(minute(1), Some(&f));
         p.claim(minute(2), Some(&f));
         assert!(!p.settle(2, Err(failure)));
         assert_eq!(p.buffered_periods(), left, "{failure:?}");
-        assert_eq!(p.health.errors().get(failure.health_kind()), Some(&1));
+        assert_eq!(p.health.errors().get(health_kind(failure)), Some(&1));
     }
     let mut p = publisher(5);
     p.claim(minute(1), Some(&f));

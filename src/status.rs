@@ -1,25 +1,27 @@
-//! What one observation produced, rendered for `status`, the stdout sink and JSON.
+//! This host's status: what one observation produced (snapshot, shapes, capacity, drain, figures),
+//! rendered as the `status` table and JSON, which the stdout sink prints too.
 
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
 use crate::assess::{EcsContext, ShapeSource};
-use crate::capacity::{HostReport, TaskShape};
+use crate::capacity::{HostCapacity, TaskShape};
 use crate::config::CapacityConfig;
 use crate::drain::DrainStatus;
 use crate::ecs::{ClusterShapes, EcsView, Placement};
 use crate::host::Snapshot;
+use crate::rfc3339;
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub struct HostStatus {
     pub snapshot: Snapshot,
     /// The shapes planned for.
     pub shapes: Vec<TaskShape>,
     /// Where they came from (configured, the cluster's services, or the running tasks).
     pub shape_sources: Vec<ShapeSource>,
     /// This host against the largest of `shapes`.
-    pub capacity: HostReport,
+    pub capacity: HostCapacity,
     /// Why the capacity figures are unknown (nothing is published for them); `null` when known.
     pub capacity_unknown: Option<String>,
     /// Whether ECS would place a task here, and if not why (then the host offers no room).
@@ -37,7 +39,7 @@ pub struct Report {
     pub agreement: crate::ecs::Agreement,
 }
 
-impl Report {
+impl HostStatus {
     /// Assesses a snapshot (its reservations already applied) against the shapes to plan for and
     /// what ECS says of this host.
     pub fn assess(
@@ -45,9 +47,9 @@ impl Report {
         cfg: &CapacityConfig,
         cluster: Option<&ClusterShapes>,
         ctx: &EcsContext,
-    ) -> Report {
+    ) -> HostStatus {
         let a = crate::assess::assess(&mut snapshot, cfg, cluster, ctx);
-        Report {
+        HostStatus {
             snapshot,
             shapes: a.shapes,
             shape_sources: a.shape_sources,
@@ -346,23 +348,4 @@ fn fmt_cores(v: Option<f64>) -> String {
 
 fn fmt_mib(v: Option<u64>) -> String {
     v.map_or("-".into(), |b| format!("{:.1}M", b as f64 / 1048576.0))
-}
-
-/// RFC 3339 UTC timestamps for `SystemTime`.
-pub mod rfc3339 {
-    use std::time::SystemTime;
-
-    use serde::Serializer;
-    use time::OffsetDateTime;
-    use time::format_description::well_known::Rfc3339;
-
-    pub fn format(t: SystemTime) -> String {
-        OffsetDateTime::from(t)
-            .format(&Rfc3339)
-            .unwrap_or_else(|_| "?".into())
-    }
-
-    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format(*t))
-    }
 }
