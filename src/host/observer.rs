@@ -102,7 +102,6 @@ impl Readings {
         instance: InstanceState,
         reader: Result<&dyn UsageReader, String>,
         unavailable: Vec<String>,
-        tasks_known: bool,
     ) -> Readings {
         let sysfs_attached = instance
             .facts
@@ -120,7 +119,7 @@ impl Readings {
             sysfs_attached,
             usage,
             unavailable,
-            tasks_known,
+            tasks_known: true,
         }
     }
 }
@@ -247,8 +246,11 @@ impl Observer {
             instance,
             s.usage.as_deref().map_err(String::clone),
             docker_note.into_iter().collect(),
-            tasks_known,
         );
+        let readings = Readings {
+            tasks_known,
+            ..readings
+        };
         Ok(compose(readings, Some(&mut lock(&s.cpu))))
     }
 }
@@ -437,9 +439,14 @@ pub async fn observe_once_with(cfg: &Config, facts: InstanceFacts) -> Result<Sna
         instance,
         reader.as_deref().map_err(String::clone),
         unavailable,
-        tasks_known,
     );
-    Ok(compose(readings, None))
+    Ok(compose(
+        Readings {
+            tasks_known,
+            ..readings
+        },
+        None,
+    ))
 }
 
 async fn list_once(socket: &Path) -> Result<Vec<ContainerInfo>, docker::DockerError> {
