@@ -8,12 +8,12 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::assess::EcsContext;
 use crate::config::{Config, Loaded, SinkKind, Toggle};
 use crate::drain::{AwsEffects, DrainStatus, Runner, Settings, Store, Target};
 use crate::ecs::{self, ClusterShapes, Definitions, EcsReading};
 use crate::error::Error;
 use crate::health::Health;
+use crate::host::assess::EcsContext;
 use crate::host::{self, InstanceFacts, Observer, Snapshot};
 use crate::imds;
 use crate::metrics;

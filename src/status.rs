@@ -5,12 +5,12 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::assess::{EcsContext, ShapeSource};
 use crate::capacity::{HostCapacity, TaskShape};
 use crate::config::CapacityConfig;
 use crate::drain::DrainStatus;
 use crate::ecs::{ClusterShapes, EcsView, Placement};
 use crate::host::Snapshot;
+use crate::host::assess::{EcsContext, ShapeSource};
 use crate::rfc3339;
 
 #[derive(Debug, Clone, Serialize)]
@@ -48,7 +48,7 @@ impl HostStatus {
         cluster: Option<&ClusterShapes>,
         ctx: &EcsContext,
     ) -> HostStatus {
-        let a = crate::assess::assess(&mut snapshot, cfg, cluster, ctx);
+        let a = crate::host::assess::assess(&mut snapshot, cfg, cluster, ctx);
         HostStatus {
             snapshot,
             shapes: a.shapes,

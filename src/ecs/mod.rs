@@ -134,7 +134,7 @@ pub async fn apply_reservations(
         .collect();
     let (found, errors) = definitions.get_all(keys.iter().map(String::as_str)).await;
     let found = found.into_iter().collect();
-    crate::assess::apply_definitions(s, &found, daemons);
+    crate::host::assess::apply_definitions(s, &found, daemons);
     s.unavailable.extend(
         errors
             .into_iter()

@@ -1,6 +1,7 @@
 //! Observation of this host: what it registers with ECS, what its tasks reserve and use.
 //! Produces the `Snapshot` that capacity, metrics and draining read.
 
+pub mod assess;
 pub mod observer;
 pub mod registered;
 pub mod tasks;
@@ -43,6 +44,10 @@ pub struct Snapshot {
     pub ecs: EcsAgentView,
     /// Sources that could not be read this time, with why (e.g. "docker: socket not found").
     pub unavailable: Vec<String>,
+    /// The kernel's hostname: this host's name in its capacity figures while the instance id is
+    /// unknown.
+    #[serde(skip)]
+    pub hostname: String,
 }
 
 impl Snapshot {

@@ -90,6 +90,7 @@ struct Readings {
     unavailable: Vec<String>,
     /// Docker has been listed: `containers` is the engine's picture, not a guess.
     tasks_known: bool,
+    hostname: String,
 }
 
 impl Readings {
@@ -110,6 +111,7 @@ impl Readings {
             .then(|| eni::attached_from_sysfs(&cfg.host.sysfs_net).map_err(|e| e.to_string()));
         let usage = reader.map(|r| read_usage(r, &containers));
         Readings {
+            hostname: read_hostname(),
             taken_at: SystemTime::now(),
             read_at: Instant::now(),
             registered,
@@ -122,6 +124,15 @@ impl Readings {
             tasks_known: true,
         }
     }
+}
+
+const HOSTNAME: &str = "/proc/sys/kernel/hostname";
+
+/// The kernel's hostname, "localhost" when it cannot be read.
+fn read_hostname() -> String {
+    std::fs::read_to_string(HOSTNAME)
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// Reads the cgroup of every ECS task container.
@@ -358,6 +369,7 @@ fn compose(r: Readings, rates: Option<&mut CpuRates>) -> Snapshot {
         eni,
         ecs,
         unavailable,
+        hostname: r.hostname,
     }
 }
 
@@ -648,6 +660,7 @@ mod tests {
             agent: AgentReading::default(),
             instance,
             sysfs_attached: None,
+            hostname: "ip-10-0-0-1".into(),
             usage: Ok(usage
                 .iter()
                 .map(|(id, usec)| {

@@ -16,7 +16,8 @@ use crate::ecs::{Agreement, ClusterShapes, EcsReading, EcsView, Placement, diffe
 use crate::host::{NetworkMode, Snapshot, Task, tasks};
 
 /// The host as the capacity model sees it. Ports taken are the agent-reserved ones plus those bound by
-/// running tasks, as ECS's remainingResources PORTS lists them. ENI slots are unknown (and do not
+/// running tasks, as ECS's remainingResources PORTS lists them. The name is the instance id, else the
+/// hostname the observer read. ENI slots are unknown (and do not
 /// constrain) until the instance type's limit is known.
 pub fn host_input(s: &Snapshot) -> HostInput {
     HostInput {
@@ -43,11 +44,10 @@ pub fn host_input(s: &Snapshot) -> HostInput {
 }
 
 fn host_name(s: &Snapshot) -> String {
-    s.ecs.instance_id.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "localhost".into())
-    })
+    s.ecs
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| s.hostname.clone())
 }
 
 /// The host as ECS's DescribeContainerInstances answer shows it, through the `cluster` command's
@@ -352,6 +352,7 @@ mod tests {
                 ..Default::default()
             },
             unavailable: Vec::new(),
+            hostname: "ip-10-0-0-1".into(),
         }
     }
 
@@ -384,6 +385,13 @@ mod tests {
         assert_eq!(host.cpu_units, Quantity::new(2048, 256));
         assert_eq!(host.memory_mib, Quantity::new(3800, 512));
         assert_eq!(host.name, "i-0123456789abcdef0");
+    }
+
+    #[test]
+    fn without_an_instance_id_the_host_goes_by_its_hostname() {
+        let mut s = snapshot(vec![], None);
+        s.ecs.instance_id = None;
+        assert_eq!(host_input(&s).name, "ip-10-0-0-1");
     }
 
     #[test]
