@@ -10,8 +10,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Loaded, SinkKind, Toggle};
 use crate::drain::{AwsEffects, DrainStatus, Handles, Runner, Settings, Store, Target};
+use crate::ecs::{self, ClusterShapes, Definitions, EcsReading};
 use crate::error::Error;
 use crate::health::Health;
+use crate::host::assess::EcsContext;
 use crate::host::{self, InstanceFacts, Observer, Snapshot};
 use crate::imds;
 use crate::metrics;
@@ -141,8 +143,118 @@ pub async fn observe(cfg: &Config) -> Result<Snapshot, Error> {
     host::observe_once(cfg).await
 }
 
+/// How long `status` waits for AWS (IMDS, ECS) before it reports without it.
+const STATUS_AWS_BUDGET: Duration = Duration::from_secs(15);
+
+/// `status`: one observation assessed as the daemon would. With AWS on it asks IMDS for this
+/// instance, and ECS for the task definitions (cached in `agent.state_dir`), the cluster's task
+/// shapes (the cache when ECS does not answer) and this container instance.
 pub async fn observe_once(cfg: &Config) -> Result<HostStatus, Error> {
-    Ok(HostStatus::assess(observe(cfg).await?, &cfg.capacity))
+    let reach = detect_reach(cfg);
+    if !reach.aws {
+        let mut snapshot = observe(cfg).await?;
+        let definitions = Definitions::new(None, &cfg.agent.cluster, &cfg.agent.state_dir);
+        ecs::apply_reservations(&mut snapshot, &definitions, &[]).await;
+        return Ok(HostStatus::assess(
+            snapshot,
+            &cfg.capacity,
+            None,
+            &EcsContext::default(),
+        ));
+    }
+    let sdk = crate::aws::sdk_config().await;
+    let client = imds::Client::new(&cfg.imds).ok();
+    let facts = match &client {
+        Some(c) => tokio::time::timeout(STATUS_AWS_BUDGET, all_instance_facts(c))
+            .await
+            .unwrap_or_default(),
+        None => InstanceFacts::default(),
+    };
+    let lifecycle = match &client {
+        Some(c) => lifecycle_state(c).await,
+        None => None,
+    };
+    let instance_id = facts.instance_id.clone();
+    let mut snapshot = host::observe_once_with(cfg, facts).await?;
+    let ecs_client = aws_sdk_ecs::Client::new(&sdk);
+    let cluster = &cfg.agent.cluster;
+    let definitions = Definitions::new(Some(ecs_client.clone()), cluster, &cfg.agent.state_dir);
+    let mut ctx = EcsContext {
+        aws: true,
+        lifecycle,
+        ..EcsContext::default()
+    };
+    let shapes = if cfg.capacity.discover_shapes {
+        match tokio::time::timeout(
+            STATUS_AWS_BUDGET,
+            ecs::shapes::fetch(&ecs_client, &definitions, cluster),
+        )
+        .await
+        {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(e)) => {
+                snapshot
+                    .unavailable
+                    .push(format!("cluster shapes: {e} (cache used)"));
+                ecs::shapes::load(&cfg.agent.state_dir, cluster)
+            }
+            Err(_) => {
+                snapshot
+                    .unavailable
+                    .push("cluster shapes: ECS did not answer in time (cache used)".into());
+                ecs::shapes::load(&cfg.agent.state_dir, cluster)
+            }
+        }
+    } else {
+        None
+    };
+    let daemons = shapes
+        .as_ref()
+        .map(|s| s.daemons.clone())
+        .unwrap_or_default();
+    ecs::apply_reservations(&mut snapshot, &definitions, &daemons).await;
+    match &instance_id {
+        Some(id) => {
+            let arn = snapshot.ecs.container_instance_arn.clone();
+            let read = tokio::time::timeout(
+                STATUS_AWS_BUDGET,
+                ecs::instance::describe(&ecs_client, cluster, id.as_str(), arn.as_deref()),
+            )
+            .await
+            .unwrap_or_else(|_| Err("ECS did not answer in time".into()));
+            match read {
+                Ok(instance) => {
+                    ctx.reading = Some(Arc::new(EcsReading {
+                        seq: 1,
+                        at: std::time::SystemTime::now(),
+                        instance: Ok(instance),
+                    }))
+                }
+                Err(e) => ctx.error = Some(e),
+            }
+        }
+        None => ctx.error = Some("the instance id is unknown (IMDS did not say)".into()),
+    }
+    Ok(HostStatus::assess(
+        snapshot,
+        &cfg.capacity,
+        shapes.as_ref(),
+        &ctx,
+    ))
+}
+
+/// IMDS `autoscaling/target-lifecycle-state`: `None` when the instance is in no Auto Scaling group
+/// (404) or IMDS did not answer.
+async fn lifecycle_state(client: &imds::Client) -> Option<String> {
+    match client.get("autoscaling/target-lifecycle-state").await {
+        Ok(state) => state
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty()),
+        Err(e) => {
+            tracing::debug!(error = %e, "IMDS: no Auto Scaling lifecycle state");
+            None
+        }
+    }
 }
 
 /// What every part of the daemon shares: the configuration, the health record, the one
@@ -223,17 +335,57 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
     }
 
     let observer = Observer::start(cfg.clone(), token.clone(), &tracker).await;
-    if let Some(client) = imds_client {
+    let (shapes_tx, shapes_rx) = watch::channel::<Option<Arc<ClusterShapes>>>(None);
+    let (reading_tx, reading_rx) = watch::channel::<Option<Arc<EcsReading>>>(None);
+    let (arn_tx, arn_rx) = watch::channel::<Option<String>>(None);
+    let mut ecs_parts = EcsParts {
+        aws: reach.aws,
+        definitions: Arc::new(Definitions::new(
+            None,
+            &cfg.agent.cluster,
+            &cfg.agent.state_dir,
+        )),
+        shapes: shapes_rx,
+        reading: reading_rx,
+        arn: arn_tx,
+        imds: imds_client.clone(),
+    };
+    if reach.aws {
+        let sdk = crate::aws::sdk_config().await;
+        let ecs_client = aws_sdk_ecs::Client::new(&sdk);
+        let definitions = Arc::new(Definitions::new(
+            Some(ecs_client.clone()),
+            &cfg.agent.cluster,
+            &cfg.agent.state_dir,
+        ));
+        ecs_parts.definitions = definitions.clone();
+        if cfg.capacity.discover_shapes {
+            tracker.spawn(ecs::shapes::follow(
+                ecs_client.clone(),
+                definitions,
+                cfg.agent.cluster.clone(),
+                cfg.agent.state_dir.clone(),
+                shapes_tx,
+                token.clone(),
+            ));
+        }
         tracker.spawn(start_optional(
             ctx.clone(),
-            client,
-            observer.clone(),
-            observed.clone(),
+            Optional {
+                imds: imds_client,
+                sdk,
+                ecs: ecs_client,
+                observer: observer.clone(),
+                observed: observed.clone(),
+                arn: arn_rx,
+                reading: reading_tx,
+            },
         ));
     }
     tracker.spawn(observe_loop(
         ctx.clone(),
         observer,
+        ecs_parts,
         observed_tx,
         drain.clone(),
     ));
@@ -366,22 +518,27 @@ fn start_drain(
     });
 }
 
-/// What only the capacity figures and the CloudWatch sink need, after the drain has started: the
-/// instance's facts (ENI limits, EC2) and the CloudWatch check. Each is retried until it answers;
-/// none of them failing stops the daemon.
-async fn start_optional(
-    ctx: Context,
-    client: Arc<imds::Client>,
+/// What the look-ups after the drain's start work with.
+struct Optional {
+    imds: Option<Arc<imds::Client>>,
+    sdk: aws_config::SdkConfig,
+    ecs: aws_sdk_ecs::Client,
     observer: Observer,
     observed: watch::Receiver<Option<Arc<Observation>>>,
-) {
-    let sdk = crate::aws::sdk_config().await;
-    let facts = {
-        let client = client.clone();
+    /// The container instance ARN the observe loop learns, and this instance's ECS readings.
+    arn: watch::Receiver<Option<String>>,
+    reading: watch::Sender<Option<Arc<EcsReading>>>,
+}
+
+/// What only the capacity figures and the CloudWatch sink need, after the drain has started: the
+/// instance's facts (ENI limits, EC2, this container instance in ECS) and the CloudWatch check.
+/// Each is retried until it answers; none of them failing stops the daemon.
+async fn start_optional(ctx: Context, o: Optional) {
+    if let Some(client) = o.imds.clone() {
         let ctx = ctx.clone();
-        let sdk = sdk.clone();
-        let observer = observer.clone();
-        async move {
+        let (sdk, ecs, observer) = (o.sdk.clone(), o.ecs.clone(), o.observer.clone());
+        let (arn, reading) = (o.arn, o.reading);
+        ctx.tracker.clone().spawn(async move {
             let Some(instance_id) = until_known(&ctx, "instance_facts", "IMDS instance id", || {
                 client.instance_id()
             })
@@ -389,25 +546,45 @@ async fn start_optional(
             else {
                 return;
             };
+            ctx.tracker.spawn(ecs::instance::follow(
+                ecs,
+                ctx.cfg.agent.cluster.clone(),
+                instance_id.to_string(),
+                arn,
+                observer.changes(),
+                reading,
+                ctx.token.clone(),
+            ));
             let facts = instance_facts(&client, instance_id).await;
             observer
                 .set_instance(facts, Some(aws_sdk_ec2::Client::new(&sdk)))
                 .await;
-        }
-    };
-    ctx.tracker.spawn(facts);
+        });
+    }
     if ctx.cfg.sinks.enabled.contains(&SinkKind::Cloudwatch) {
         // A bad region, missing credentials or a denied permission: said, reported unhealthy and
         // retried; the drain goes on meanwhile.
         let health = ctx.health.clone();
         let Some(publisher) = until_known(&ctx, FAULT_CLOUDWATCH, "CloudWatch check", || {
-            metrics::cloudwatch::start(&sdk, &ctx.cfg, health.clone())
+            metrics::cloudwatch::start(&o.sdk, &ctx.cfg, health.clone())
         })
         .await
         else {
             return;
         };
-        publisher.run(observed, ctx.token.clone()).await;
+        publisher.run(o.observed, ctx.token.clone()).await;
+    }
+}
+
+/// Everything IMDS says about this instance (for `status`); each look-up that fails is logged and
+/// left unknown.
+async fn all_instance_facts(client: &imds::Client) -> InstanceFacts {
+    match client.instance_id().await {
+        Ok(id) => instance_facts(client, id).await,
+        Err(e) => {
+            tracing::error!(error = %e, "IMDS: no instance id");
+            InstanceFacts::default()
+        }
     }
 }
 
@@ -434,21 +611,36 @@ async fn instance_facts(
     }
 }
 
+/// What the observe loop needs of ECS: the task definitions, the cluster's shapes, this container
+/// instance's reconciliations, and IMDS for the lifecycle state.
+struct EcsParts {
+    aws: bool,
+    definitions: Arc<Definitions>,
+    shapes: watch::Receiver<Option<Arc<ClusterShapes>>>,
+    reading: watch::Receiver<Option<Arc<EcsReading>>>,
+    /// The container instance ARN, once the ECS agent has told it.
+    arn: watch::Sender<Option<String>>,
+    imds: Option<Arc<imds::Client>>,
+}
+
+#[allow(clippy::too_many_arguments)]
 /// Observes every `agent.interval` and at once on a material change (a task started or stopped,
-/// the drain status changed), and publishes each observation as the one value everyone reads.
+/// the drain status changed, ECS said something new of this host), and publishes each observation
+/// as the one value everyone reads.
 async fn observe_loop(
     ctx: Context,
     observer: Observer,
+    mut ecs_parts: EcsParts,
     observed: watch::Sender<Option<Arc<Observation>>>,
     mut handles: watch::Receiver<Option<Handles>>,
 ) {
-    // The drain's status, once its runner runs.
-    let mut drain: Option<watch::Receiver<DrainStatus>> = None;
-    let mut handles_open = true;
     let Context {
         cfg, health, token, ..
     } = ctx;
     let mut material_changes = 0u64;
+    // The drain's status, once its runner runs.
+    let mut drain: Option<watch::Receiver<DrainStatus>> = None;
+    let mut handles_open = true;
     let mut ticker = tokio::time::interval(cfg.agent.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stdout = cfg.sinks.enabled.contains(&SinkKind::Stdout);
@@ -458,6 +650,8 @@ async fn observe_loop(
     let watchdog = crate::systemd::watchdog_interval();
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let mut ready = false;
+    let mut agreement = ecs::Agreement::default();
+    let mut last_ok: Option<Arc<EcsReading>> = None;
     loop {
         // A task that starts or stops is a material change: observe (and publish) at once.
         let material = tokio::select! {
@@ -483,10 +677,47 @@ async fn observe_loop(
                 drain = handles.borrow_and_update().as_ref().map(|h| h.status.clone());
                 true
             }
+            // So is what ECS says of this host (DRAINING set by someone else, the agent gone).
+            Ok(()) = ecs_parts.reading.changed() => true,
+            Ok(()) = ecs_parts.shapes.changed() => false,
         };
+        let reading = ecs_parts.reading.borrow_and_update().clone();
+        let error = match reading.as_deref().map(|r| &r.instance) {
+            Some(Err(e)) => Some(e.clone()),
+            _ => None,
+        };
+        if reading.as_deref().is_some_and(|r| r.instance.is_ok()) {
+            last_ok = reading;
+        }
+        let cluster_shapes = ecs_parts.shapes.borrow_and_update().clone();
         match observer.snapshot().await {
-            Ok(snapshot) => {
-                let mut report = HostStatus::assess(snapshot, &cfg.capacity);
+            Ok(mut snapshot) => {
+                if let Some(arn) = &snapshot.ecs.container_instance_arn {
+                    ecs_parts.arn.send_if_modified(|old| {
+                        let changed = old.as_ref() != Some(arn);
+                        *old = Some(arn.clone());
+                        changed
+                    });
+                }
+                let daemons = cluster_shapes
+                    .as_deref()
+                    .map(|c| c.daemons.as_slice())
+                    .unwrap_or_default();
+                ecs::apply_reservations(&mut snapshot, &ecs_parts.definitions, daemons).await;
+                let lifecycle = match &ecs_parts.imds {
+                    Some(client) => lifecycle_state(client).await,
+                    None => None,
+                };
+                let ctx = EcsContext {
+                    aws: ecs_parts.aws,
+                    reading: last_ok.clone(),
+                    error: error.clone(),
+                    lifecycle,
+                    agreement,
+                };
+                let mut report =
+                    HostStatus::assess(snapshot, &cfg.capacity, cluster_shapes.as_deref(), &ctx);
+                agreement = report.agreement;
                 report.drain = drain
                     .as_mut()
                     .map(|status| status.borrow_and_update().clone());
@@ -542,6 +773,13 @@ fn figures_of(cfg: &Config, report: &HostStatus) -> HostFigures {
         eni_limit: s.eni.limit,
         running_tasks: u32::try_from(s.tasks.len()).unwrap_or(u32::MAX),
         draining: report.drain.as_ref().is_some_and(DrainStatus::is_draining),
+        placeable: report.placement.placeable,
+        capacity_unknown: report.capacity_unknown.clone(),
+        cpu_reserved_difference: report.ecs.as_ref().and_then(|e| e.cpu_reserved_difference),
+        memory_reserved_difference: report
+            .ecs
+            .as_ref()
+            .and_then(|e| e.memory_reserved_difference),
         removable: None,
     };
     HostFigures::from_host(facts, &report.capacity)
