@@ -3,6 +3,7 @@
 
 pub mod assess;
 pub mod aws;
+pub mod bounded;
 pub mod capacity;
 pub mod cgroup;
 pub mod cli;
