@@ -3,6 +3,7 @@
 pub mod cloudwatch;
 pub mod figures;
 pub mod health;
+pub mod listener;
 pub mod prometheus;
 
 pub use figures::{HostFacts, HostFigures};

@@ -10,5 +10,6 @@ mod foundation;
 mod host;
 mod imds;
 mod install;
+mod listener;
 mod metrics;
 mod systemd_notify;
