@@ -144,9 +144,9 @@ impl TaskShape {
         let mut tcp_ports = BTreeSet::new();
         let mut udp_ports = BTreeSet::new();
         for c in containers {
-            cpu_sum += non_negative(name, &c.name, "cpu", c.cpu_units)?;
+            cpu_sum = cpu_sum.saturating_add(non_negative(name, &c.name, "cpu", c.cpu_units)?);
             let memory = c.memory_hard_mib.or(c.memory_soft_mib).unwrap_or(0);
-            memory_sum += non_negative(name, &c.name, "memory", memory)?;
+            memory_sum = memory_sum.saturating_add(non_negative(name, &c.name, "memory", memory)?);
             if network_mode == NetworkMode::Awsvpc {
                 continue;
             }

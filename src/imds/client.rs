@@ -209,26 +209,42 @@ impl Client {
         }
         match resp.status() {
             StatusCode::NOT_FOUND => Ok(None),
-            s if s.is_success() => resp.text().await.map(Some).map_err(|e| {
-                if e.is_timeout() {
-                    Error::Timeout {
-                        url: url.clone(),
-                        timeout: self.timeout,
-                    }
-                } else {
-                    Error::Request {
-                        method: "GET",
-                        url: url.clone(),
-                        cause: chain(&e),
-                    }
-                }
-            }),
+            s if s.is_success() => self.text(resp, "GET", &url).await.map(Some),
             s => Err(Error::Status {
                 method: "GET",
                 url,
                 status: s.as_u16(),
             }),
         }
+    }
+
+    /// A response body as text, at most `bounded::IMDS_BODY_MAX_BYTES` (IMDS answers are a few KB;
+    /// anything larger is not IMDS).
+    async fn text(
+        &self,
+        resp: reqwest::Response,
+        method: &'static str,
+        url: &str,
+    ) -> Result<String, Error> {
+        let bytes = crate::bounded::body(resp, crate::bounded::IMDS_BODY_MAX_BYTES)
+            .await
+            .map_err(|e| match e {
+                crate::bounded::BodyError::Read(e) if e.is_timeout() => Error::Timeout {
+                    url: url.to_string(),
+                    timeout: self.timeout,
+                },
+                crate::bounded::BodyError::Read(e) => Error::Request {
+                    method,
+                    url: url.to_string(),
+                    cause: chain(&e),
+                },
+                e @ crate::bounded::BodyError::TooLarge { .. } => Error::Request {
+                    method,
+                    url: url.to_string(),
+                    cause: e.to_string(),
+                },
+            })?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     async fn send_get(&self, url: &str, token: Option<&str>) -> Result<reqwest::Response, Error> {
@@ -332,11 +348,7 @@ impl Client {
             })?;
         let status = resp.status();
         if status.is_success() {
-            let token = resp.text().await.map_err(|e| Error::Request {
-                method: "PUT",
-                url: url.clone(),
-                cause: chain(&e),
-            })?;
+            let token = self.text(resp, "PUT", &url).await?;
             let token = token.trim().to_string();
             if token.is_empty() {
                 return Err(Error::Malformed {
