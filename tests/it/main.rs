@@ -2,6 +2,7 @@
 
 mod support;
 
+mod bad_input;
 mod cgroup_real;
 mod cluster;
 mod daemon;
