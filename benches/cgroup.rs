@@ -1,16 +1,16 @@
-//! Reading 200 containers' usage from a fixture cgroup tree (the target: ≤ 10 ms per
-//! snapshot). Run optimized with the shared target dir:
-//! `CARGO_TARGET_DIR=/work/bench-target cargo bench --bench cgroup`.
+//! Reading 200 containers' usage from a fixture cgroup tree and summing it as the observer does
+//! (target: ≤ 10 ms per snapshot). Run: `cargo bench --bench cgroup`.
 //!
-//! `read/*` reads 200 already-located cgroups (what the observer does every interval); `locate+read/*`
-//! also locates each one first (the cost after a Docker event or a resync). The tree lives on tmpfs
+//! `read/*` reads 200 already-located cgroups; `locate+read/*` also locates each one first, as the
+//! observer's reader does at every snapshot. The tree lives on tmpfs
 //! (`/dev/shm`, when there is one) because cgroupfs is in-memory too; on a disk filesystem each open
 //! costs more than it would on /sys/fs/cgroup.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use ecs_capacity_agent::cgroup::{Cgroups, Usage};
+use ecs_capacity_agent::cgroup::{self, Cgroups};
+use ecs_capacity_agent::host::Usage;
 
 #[path = "../src/cgroup/fixture.rs"]
 mod fixture;
@@ -63,6 +63,14 @@ fn tree(version: &str) -> Tree {
     }
 }
 
+/// The host's sum, as the observer makes it from the readings.
+fn total(readings: impl Iterator<Item = cgroup::Usage>) -> Usage {
+    readings.fold(Usage::default(), |mut acc, u| {
+        acc.add(&u.into());
+        acc
+    })
+}
+
 fn snapshot(c: &mut Criterion) {
     let mut group = c.benchmark_group("cgroup_200_containers");
     for version in ["v2", "v1", "hybrid"] {
@@ -78,20 +86,16 @@ fn snapshot(c: &mut Criterion) {
             assert!(u.cpu_usage_usec.is_some() && u.memory_working_set_bytes.is_some());
         }
         group.bench_function(format!("read/{version}"), |b| {
-            b.iter(|| {
-                let usages: Vec<Usage> = located.iter().map(|c| c.read()).collect();
-                black_box(Usage::total(&usages))
-            })
+            b.iter(|| black_box(total(located.iter().map(|c| c.read()))))
         });
         group.bench_function(format!("locate+read/{version}"), |b| {
             b.iter(|| {
-                let usages: Vec<Usage> = t
-                    .ids
-                    .iter()
-                    .filter_map(|(id, task)| t.cgroups.container(id, Some(task)))
-                    .map(|c| c.read())
-                    .collect();
-                black_box(Usage::total(&usages))
+                black_box(total(
+                    t.ids
+                        .iter()
+                        .filter_map(|(id, task)| t.cgroups.container(id, Some(task)))
+                        .map(|c| c.read()),
+                ))
             })
         });
     }

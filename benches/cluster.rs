@@ -4,7 +4,7 @@
 //! - `cluster offline in process/2000 hosts x 50 shapes`: reading the AWS CLI JSON files, the model
 //!   and the JSON output, without process start-up.
 //! - `cluster offline process/2000 hosts x 50 shapes`: the whole `ecs-capacity-agent cluster`
-//!   process on those files (issue 4's figure, budget 50 ms).
+//!   process on those files (budget 50 ms).
 //!
 //! Run: `cargo bench --bench cluster`.
 

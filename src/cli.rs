@@ -171,7 +171,10 @@ fn cluster(args: ClusterArgs) -> Result<(), Error> {
 fn on_this_instance(
     config: ConfigFile,
     instance_id: Option<String>,
-    act: impl AsyncFnOnce(&config::Config, String) -> Result<crate::drain::DrainStatus, Error>,
+    act: impl AsyncFnOnce(
+        &config::Config,
+        crate::instance_id::InstanceId,
+    ) -> Result<crate::drain::DrainStatus, Error>,
 ) -> Result<(), Error> {
     let loaded = load_config(config.config.as_deref())?;
     crate::logging::init(&loaded.config.log);

@@ -230,7 +230,7 @@ fn start_drain(
     cfg: &Arc<Config>,
     sdk: &aws_config::SdkConfig,
     client: Arc<imds::Client>,
-    instance_id: Option<String>,
+    instance_id: Option<crate::instance_id::InstanceId>,
     families: watch::Receiver<Option<Vec<String>>>,
     health: &Arc<Health>,
     token: &CancellationToken,
@@ -248,7 +248,7 @@ fn start_drain(
         })
     };
     let effects = Arc::new(
-        AwsEffects::new(sdk, Target::from_config(cfg, instance_id))
+        AwsEffects::new(sdk, Target::from_config(cfg, instance_id.into()))
             .with_local_tasks(families)
             .with_ignored_families(cfg.drain.ignore_families.clone()),
     );

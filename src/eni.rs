@@ -22,8 +22,8 @@ pub struct EniView {
     pub attached: Option<u32>,
     /// MaximumNetworkInterfaces of the instance type; `None` when unknown.
     pub limit: Option<u32>,
-    /// A trunk ENI is attached (awsvpc trunking is on for this instance).
-    pub trunk: bool,
+    /// A trunk ENI is attached (awsvpc trunking is on for this instance); `None` when unknown.
+    pub trunk: Option<bool>,
     /// ENIs tasks can use in total; `None` when unknown (then ENIs do not constrain capacity).
     pub slots: Option<u32>,
     /// ENIs used by running awsvpc tasks.
@@ -38,16 +38,16 @@ pub struct EniView {
 pub struct TrunkRow {
     pub instance_type: &'static str,
     pub eni_limit_with_trunking: u32,
-    /// Checked against the AWS documentation text while writing this; `false` rows are best
-    /// knowledge and are flagged in the snapshot.
+    /// The figure is quoted in the documentation text cited on [`TRUNK_TABLE`]; `false` rows are
+    /// best knowledge and are flagged in the snapshot.
     pub verified: bool,
 }
 
 /// Amazon ECS Developer Guide, "Increasing Amazon ECS Linux container instance network interfaces"
 /// (container-instance-eni.html): "a c5.large instance with awsvpcTrunking has an increased ENI
 /// limit of twelve … this configuration allows you to launch ten tasks". The full per-type table is
-/// at eni-trunking-supported-instance-types.html; only the c5.large row could be checked against the
-/// documentation text here, the other rows are unverified and reported as such.
+/// at eni-trunking-supported-instance-types.html; only the c5.large row is quoted above, the other
+/// rows are unverified and reported as such.
 pub const TRUNK_TABLE: &[TrunkRow] = &[
     TrunkRow {
         instance_type: "c5.large",
@@ -93,33 +93,44 @@ pub fn trunk_row(instance_type: &str) -> Option<TrunkRow> {
         .find(|r| r.instance_type == instance_type)
 }
 
-/// Task slots: without trunking every ENI but the primary; with trunking the table's limit minus
-/// the primary and the trunk (c5.large: 12 − 2 = 10, as the documentation says).
+/// ENI slots for tasks, the one rule `status`, the daemon and `cluster` share. `trunk` is whether
+/// awsvpc trunking is on, `None` when that could not be found out.
+///
+/// - no trunk: every ENI but the primary (`limit` − 1);
+/// - a trunk: the table's limit minus the primary and the trunk (c5.large: 12 − 2 = 10, as the
+///   documentation says), whatever `limit` is: the branch limit is not `MaximumNetworkInterfaces`;
+/// - a trunk on a type the table lacks, or trunking unknown: unknown, never `limit` − 1.
+///
+/// The note says why a figure is unknown or uncertain.
 pub fn slots(
     limit: Option<u32>,
-    trunk: bool,
+    trunk: Option<bool>,
     instance_type: Option<&str>,
 ) -> (Option<u32>, Option<String>) {
-    if !trunk {
-        return (limit.map(|l| l.saturating_sub(1)), None);
-    }
-    match instance_type.and_then(trunk_row) {
-        Some(row) => {
-            let note = (!row.verified).then(|| {
-                format!(
-                    "branch-ENI limit for {} from an unverified table row",
-                    row.instance_type
-                )
-            });
-            (Some(row.eni_limit_with_trunking.saturating_sub(2)), note)
-        }
+    match trunk {
+        Some(false) => (limit.map(|l| l.saturating_sub(1)), None),
         None => (
             None,
-            Some(format!(
-                "trunk ENI attached but no branch-ENI limit known for {}",
-                instance_type.unwrap_or("an unknown instance type")
-            )),
+            limit.map(|_| "whether awsvpc trunking is on is unknown, so are the ENI slots".into()),
         ),
+        Some(true) => match instance_type.and_then(trunk_row) {
+            Some(row) => {
+                let note = (!row.verified).then(|| {
+                    format!(
+                        "branch-ENI limit for {} from an unverified table row",
+                        row.instance_type
+                    )
+                });
+                (Some(row.eni_limit_with_trunking.saturating_sub(2)), note)
+            }
+            None => (
+                None,
+                Some(format!(
+                    "awsvpc trunking is on and no branch-ENI limit is known for {}",
+                    instance_type.unwrap_or("an unknown instance type")
+                )),
+            ),
+        },
     }
 }
 
@@ -276,20 +287,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slots_are_the_limit_minus_the_primary_without_trunking() {
-        assert_eq!(slots(Some(3), false, Some("c5.large")), (Some(2), None));
-        assert_eq!(slots(None, false, None), (None, None));
-    }
-
-    #[test]
-    fn trunking_uses_the_documented_branch_limit() {
-        assert_eq!(slots(Some(3), true, Some("c5.large")), (Some(10), None));
-        let (s, note) = slots(Some(3), true, Some("m5.large"));
-        assert_eq!(s, Some(10));
-        assert!(note.unwrap().contains("unverified"));
-        let (s, note) = slots(Some(8), true, Some("x9.huge"));
-        assert_eq!(s, None);
-        assert!(note.unwrap().contains("x9.huge"));
+    fn slots_follow_one_rule_for_trunk_off_on_and_unknown() {
+        let cases = [
+            // (limit, trunk, type, slots, note contains)
+            (Some(3), Some(false), Some("c5.large"), Some(2), None),
+            (None, Some(false), None, None, None),
+            (Some(3), Some(true), Some("c5.large"), Some(10), None),
+            (None, Some(true), Some("c5.large"), Some(10), None),
+            (
+                Some(3),
+                Some(true),
+                Some("m5.large"),
+                Some(10),
+                Some("unverified"),
+            ),
+            (Some(8), Some(true), Some("x9.huge"), None, Some("x9.huge")),
+            (
+                Some(8),
+                Some(true),
+                None,
+                None,
+                Some("unknown instance type"),
+            ),
+            (Some(3), None, Some("c5.large"), None, Some("trunking")),
+            (None, None, Some("c5.large"), None, None),
+        ];
+        for (limit, trunk, ty, want, note_has) in cases {
+            let (got, note) = slots(limit, trunk, ty);
+            let case = format!("slots({limit:?}, {trunk:?}, {ty:?}) = {got:?}, {note:?}");
+            assert_eq!(got, want, "{case}");
+            match note_has {
+                Some(part) => assert!(note.as_deref().is_some_and(|n| n.contains(part)), "{case}"),
+                None => assert_eq!(note, None, "{case}"),
+            }
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! ecs-capacity-agent: observes an ECS container instance, reports its spare capacity and drains it
-//! before it goes away. See DESIGN.md in the shared folder for the architecture.
+//! before it goes away. README.md describes what it does and how it is configured.
 
 pub mod assess;
 pub mod aws;
@@ -17,9 +17,11 @@ pub mod eni;
 pub mod error;
 pub mod host;
 pub mod imds;
+pub mod instance_id;
 pub mod logging;
 pub mod metrics;
 pub mod notice;
+pub mod protection;
 pub mod report;
 pub mod retry;
 pub mod systemd;

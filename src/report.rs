@@ -109,7 +109,11 @@ impl Report {
             "enis         attached {}  limit {}  trunk {}{}",
             opt(s.eni.attached),
             opt(s.eni.limit),
-            if s.eni.trunk { "yes" } else { "no" },
+            match s.eni.trunk {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "?",
+            },
             s.eni
                 .note
                 .as_deref()

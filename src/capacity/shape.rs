@@ -1,13 +1,15 @@
 //! Task shapes from where they are defined: the configuration and ECS task definitions (as the SDK
 //! returns them, or as the AWS CLI prints them, via [`ContainerNeeds`]).
 //!
-//! Rules (issue 4): task-level cpu/memory when set, else the sum over containers (memory: the hard
+//! Rules: task-level cpu/memory when set, else the sum over containers (memory: the hard
 //! limit if set, else the soft reservation). Static host ports are port mappings with a non-zero
 //! host port; in `host` network mode the container port is the host port. An `awsvpc` task binds its
 //! ports on its own ENI, not on the host's, so it takes no host ports and needs one ENI instead.
 //! Port ranges (`containerPortRange`) are mapped to dynamic host ports and take no static port.
 
 use std::collections::BTreeSet;
+
+use serde::Serialize;
 
 use super::TaskShape;
 use crate::config::TaskShapeConfig;
@@ -42,19 +44,24 @@ pub enum ShapeError {
     NoFamily,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// A task's network mode: the task definition's `networkMode`, or what the ECS agent made of it in
+/// Docker for a running task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
     /// ECS's default on Linux when the task definition sets none.
     #[default]
     Bridge,
     Host,
+    /// The task has its own ENI; in Docker the agent's pause container holds it and the task's
+    /// containers join it with `container:<id>`.
     Awsvpc,
     None,
 }
 
 impl NetworkMode {
-    /// From the API's string; unknown modes (e.g. Windows `nat`) behave like bridge: only explicit
-    /// host ports are static.
+    /// From the API's (or Docker's) string; unknown modes (Windows `nat`, Docker's `default`, a
+    /// user-defined Docker network) behave like bridge: only explicit host ports are static.
     pub fn parse(s: Option<&str>) -> NetworkMode {
         match s.map(str::to_ascii_lowercase).as_deref() {
             Some("host") => NetworkMode::Host,
@@ -62,6 +69,21 @@ impl NetworkMode {
             Some("none") => NetworkMode::None,
             _ => NetworkMode::Bridge,
         }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::Bridge => "bridge",
+            NetworkMode::Host => "host",
+            NetworkMode::Awsvpc => "awsvpc",
+            NetworkMode::None => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for NetworkMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

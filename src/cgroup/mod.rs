@@ -32,7 +32,6 @@ mod tests;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Serialize;
 
@@ -174,7 +173,7 @@ impl Cgroups {
     }
 
     /// Finds a container's cgroup, trying the ECS task layout first when `task_id` is given (see
-    /// [`task_id_from_arn`]), then Docker's cgroupfs and systemd layouts, then any ECS task cgroup
+    /// [`crate::host::tasks::task_id`]), then Docker's cgroupfs and systemd layouts, then any ECS task cgroup
     /// holding the container (for a task id that is unknown or does not match). `None` when the
     /// container has no cgroup here (not started yet, or gone).
     pub fn container(&self, container_id: &str, task_id: Option<&str>) -> Option<ContainerCgroup> {
@@ -237,14 +236,6 @@ impl Cgroups {
 /// against ids that came from outside the process.
 fn is_path_segment(s: &str) -> bool {
     !s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('\0')
-}
-
-/// The task id an ECS task ARN ends with, for both ARN formats
-/// (`arn:aws:ecs:<region>:<account>:task/<cluster>/<id>` and the older `…:task/<id>`).
-pub fn task_id_from_arn(arn: &str) -> Option<&str> {
-    let (_, resource) = arn.split_once(":task/")?;
-    let id = resource.rsplit('/').next()?;
-    (!id.is_empty()).then_some(id)
 }
 
 /// One container's located cgroup: the files to read, resolved once.
@@ -448,56 +439,4 @@ pub struct Usage {
     pub cpu_nr_throttled: Option<u64>,
     /// Time spent throttled (v2 `throttled_usec`; v1 `throttled_time` nanoseconds / 1000).
     pub cpu_throttled_usec: Option<u64>,
-}
-
-impl Usage {
-    /// The sum of several containers' usage (a task's, or the host's). Each field sums the values that
-    /// are present and is `None` only when none of the inputs had it, so one exited container does not
-    /// blank a task's figures.
-    pub fn total<'a>(usages: impl IntoIterator<Item = &'a Usage>) -> Usage {
-        fn add(acc: &mut Option<u64>, v: Option<u64>) {
-            if let Some(v) = v {
-                *acc = Some(acc.unwrap_or(0).saturating_add(v));
-            }
-        }
-        usages.into_iter().fold(Usage::default(), |mut acc, u| {
-            add(&mut acc.cpu_usage_usec, u.cpu_usage_usec);
-            add(&mut acc.memory_current_bytes, u.memory_current_bytes);
-            add(
-                &mut acc.memory_working_set_bytes,
-                u.memory_working_set_bytes,
-            );
-            add(&mut acc.cpu_nr_periods, u.cpu_nr_periods);
-            add(&mut acc.cpu_nr_throttled, u.cpu_nr_throttled);
-            add(&mut acc.cpu_throttled_usec, u.cpu_throttled_usec);
-            acc
-        })
-    }
-
-    /// Cores in use between an earlier reading of the same cgroup and this one; `None` when either
-    /// reading lacks CPU time.
-    pub fn cpu_cores_since(&self, earlier: &Usage, elapsed: Duration) -> Option<f64> {
-        Some(cpu_rate(
-            earlier.cpu_usage_usec?,
-            self.cpu_usage_usec?,
-            elapsed,
-        ))
-    }
-}
-
-impl<'a> std::iter::Sum<&'a Usage> for Usage {
-    fn sum<I: Iterator<Item = &'a Usage>>(iter: I) -> Usage {
-        Usage::total(iter)
-    }
-}
-
-/// Cores in use over an interval, from two readings of a cumulative CPU-time counter: 1.0 is one
-/// core busy the whole interval. A counter that went backwards (the container was recreated under the
-/// same cgroup) or an empty interval gives 0.0 rather than a negative or infinite rate.
-pub fn cpu_rate(prev_usec: u64, now_usec: u64, elapsed: Duration) -> f64 {
-    let elapsed_usec = elapsed.as_secs_f64() * 1e6;
-    if now_usec < prev_usec || elapsed_usec <= 0.0 {
-        return 0.0;
-    }
-    (now_usec - prev_usec) as f64 / elapsed_usec
 }

@@ -2,7 +2,6 @@
 
 use std::fs;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use super::fixture::{self, Sample};
 use super::*;
@@ -440,95 +439,6 @@ fn an_empty_file_gives_none() {
         .read();
     assert_eq!(u.cpu_usage_usec, None);
     assert_eq!(u.memory_current_bytes, Some(s.memory_bytes));
-}
-
-// ---- sums and rates ----
-
-#[test]
-fn total_sums_present_fields_and_keeps_none_only_where_nobody_had_it() {
-    let a = expected(&Sample::nth(1));
-    let gone = Usage::default();
-    let no_throttle = Usage {
-        cpu_nr_periods: None,
-        cpu_nr_throttled: None,
-        cpu_throttled_usec: None,
-        ..expected(&Sample::nth(2))
-    };
-    let t = Usage::total([&a, &gone, &no_throttle]);
-    assert_eq!(
-        t.cpu_usage_usec,
-        Some(Sample::nth(1).cpu_usage_usec + Sample::nth(2).cpu_usage_usec)
-    );
-    assert_eq!(
-        t.memory_working_set_bytes,
-        Some(a.memory_working_set_bytes.unwrap() + no_throttle.memory_working_set_bytes.unwrap())
-    );
-    assert_eq!(t.cpu_throttled_usec, a.cpu_throttled_usec);
-    assert_eq!(Usage::total([&gone, &gone]), Usage::default());
-    assert_eq!(Usage::total(std::iter::empty()), Usage::default());
-    assert_eq!(
-        [a, no_throttle].iter().sum::<Usage>(),
-        Usage::total([&a, &no_throttle])
-    );
-}
-
-#[test]
-fn cpu_rate_is_cores_over_the_interval() {
-    let cases = [
-        // (prev, now, elapsed, cores)
-        (0, 1_000_000, Duration::from_secs(1), 1.0),
-        (5_000_000, 6_000_000, Duration::from_secs(2), 0.5),
-        (0, 3_000_000, Duration::from_millis(1500), 2.0),
-        (1_000, 1_000, Duration::from_secs(1), 0.0),
-        // counter went backwards: the cgroup was recreated
-        (9_000_000, 1_000, Duration::from_secs(1), 0.0),
-        // empty interval
-        (0, 1_000, Duration::ZERO, 0.0),
-    ];
-    for (prev, now, elapsed, want) in cases {
-        let got = cpu_rate(prev, now, elapsed);
-        assert!(
-            (got - want).abs() < 1e-9,
-            "cpu_rate({prev}, {now}, {elapsed:?}) = {got}, want {want}"
-        );
-    }
-    let before = Usage {
-        cpu_usage_usec: Some(1_000_000),
-        ..Usage::default()
-    };
-    let after = Usage {
-        cpu_usage_usec: Some(1_250_000),
-        ..Usage::default()
-    };
-    assert_eq!(
-        after.cpu_cores_since(&before, Duration::from_secs(1)),
-        Some(0.25)
-    );
-    assert_eq!(
-        after.cpu_cores_since(&Usage::default(), Duration::from_secs(1)),
-        None
-    );
-}
-
-#[test]
-fn task_id_comes_from_both_task_arn_formats() {
-    assert_eq!(
-        task_id_from_arn(
-            "arn:aws:ecs:eu-west-1:123456789012:task/prod/0123456789abcdef0123456789abcdef"
-        ),
-        Some("0123456789abcdef0123456789abcdef")
-    );
-    assert_eq!(
-        task_id_from_arn(
-            "arn:aws:ecs:us-east-1:123456789012:task/c5d6e7f8-1111-2222-3333-444455556666"
-        ),
-        Some("c5d6e7f8-1111-2222-3333-444455556666")
-    );
-    assert_eq!(
-        task_id_from_arn("arn:aws:ecs:us-east-1:123456789012:cluster/prod"),
-        None
-    );
-    assert_eq!(task_id_from_arn("arn:aws:ecs:us-east-1:1:task/prod/"), None);
 }
 
 #[test]

@@ -46,7 +46,7 @@ pub async fn fetch(sdk: &SdkConfig, cluster: &str, families: &[String]) -> Resul
     })
 }
 
-async fn container_instances(
+pub async fn container_instances(
     ecs: &aws_sdk_ecs::Client,
     cluster: &str,
 ) -> Result<Vec<Instance>, Error> {

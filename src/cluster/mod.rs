@@ -4,12 +4,13 @@
 //! Both sources produce the same plain [`Inputs`]; [`hosts`] turns them into capacity host inputs
 //! (only ACTIVE instances count) and [`Output`] renders the report as a table or one JSON object.
 //!
-//! Decisions where issue 4 is silent:
+//! Decisions:
 //! - Taken ports are the union of `registeredResources` PORTS (the agent's reserved set) and
 //!   `remainingResources` PORTS (which ECS fills with every port taken, reserved ones included).
-//! - ENI slots = the instance type's `MaximumNetworkInterfaces` − 1 (the primary). With awsvpc
-//!   trunking on (attribute `ecs.awsvpc-trunk-id`) the branch limit is not in DescribeInstanceTypes,
-//!   so the ENI picture is unknown and does not constrain (a note says so).
+//! - ENI slots follow [`crate::eni::slots`], as on the host: the instance type's
+//!   `MaximumNetworkInterfaces` − 1 (the primary); with awsvpc trunking on (attribute
+//!   `ecs.awsvpc-trunk-id`) the branch-ENI limit from the trunking table, and unknown (not
+//!   constraining, a note says so) for a type the table lacks.
 //! - ENIs in use = tasks with an `ElasticNetworkInterface` attachment not yet DELETED, per instance.
 //!   Without `--tasks` that count is known only for an instance running and pending nothing (0);
 //!   otherwise that instance's ENI picture is unknown.
@@ -126,22 +127,22 @@ fn eni_slots(
     notes: &mut Vec<String>,
     no_limit_types: &mut BTreeSet<String>,
 ) -> Option<Quantity> {
-    let limits = inputs.eni_limits.as_ref()?;
-    if i.trunk {
-        if needs_eni {
-            notes.push(format!(
-                "{}: awsvpc trunking is on and its branch ENI limit is not published by DescribeInstanceTypes: ENIs do not constrain it",
-                i.name()
-            ));
+    let limit = i
+        .instance_type
+        .as_ref()
+        .and_then(|t| inputs.eni_limits.as_ref()?.get(t))
+        .copied();
+    let (slots, note) = crate::eni::slots(limit, Some(i.trunk), i.instance_type.as_deref());
+    if let (Some(note), true) = (note, needs_eni) {
+        notes.push(format!("{}: {note}", i.name()));
+    }
+    let Some(slots) = slots else {
+        if !i.trunk && inputs.eni_limits.is_some() {
+            no_limit_types.insert(i.instance_type.clone().unwrap_or_else(|| "(none)".into()));
         }
         return None;
-    }
-    let Some(limit) = i.instance_type.as_ref().and_then(|t| limits.get(t)) else {
-        no_limit_types.insert(i.instance_type.clone().unwrap_or_else(|| "(none)".into()));
-        return None;
     };
-    // The primary interface is the host's own.
-    let slots = u64::from(limit.saturating_sub(1));
+    let slots = u64::from(slots);
     let used = match &inputs.awsvpc_tasks {
         Some(by_arn) => u64::from(by_arn.get(&i.arn).copied().unwrap_or(0)),
         None if i.running_tasks == 0 && i.pending_tasks == 0 => 0,

@@ -118,7 +118,7 @@ fn busy_instance_without_tasks_file_has_unknown_enis() {
 }
 
 #[test]
-fn trunking_makes_the_eni_limit_unknown() {
+fn trunking_on_a_type_without_a_branch_limit_leaves_enis_unknown() {
     let mut i = instance(1, "ACTIVE", "m5.xlarge", 0);
     i.trunk = true;
     let inputs = Inputs {
@@ -130,6 +130,42 @@ fn trunking_makes_the_eni_limit_unknown() {
     let out = calculate(&inputs, 1.0);
     assert_eq!(out.report.hosts[0].per_resource.eni, None);
     assert!(out.notes.iter().any(|n| n.contains("trunking")));
+}
+
+#[test]
+fn trunking_on_a_tabled_type_uses_the_branch_limit_not_the_eni_limit() {
+    let mut trunked = instance(1, "ACTIVE", "c5.large", 1);
+    trunked.trunk = true;
+    let plain = instance(2, "ACTIVE", "c5.large", 0);
+    let inputs = Inputs {
+        instances: vec![trunked.clone(), plain.clone()],
+        shapes: vec![awsvpc_shape()],
+        eni_limits: limits(&[("c5.large", 3)]),
+        awsvpc_tasks: Some(BTreeMap::from([(trunked.arn.clone(), 1)])),
+    };
+    let (hosts, _, notes) = hosts(&inputs);
+    // The c5.large row: 12 with trunking, less the primary and the trunk.
+    assert_eq!(hosts[0].eni, Some(Quantity::new(10, 1)));
+    assert_eq!(hosts[1].eni, Some(Quantity::new(2, 0)));
+    assert!(notes.is_empty(), "{notes:?}");
+    // The same figures as the host's own rule.
+    assert_eq!(
+        crate::eni::slots(Some(3), Some(true), Some("c5.large")).0,
+        Some(10)
+    );
+    assert_eq!(
+        crate::eni::slots(Some(3), Some(false), Some("c5.large")).0,
+        Some(2)
+    );
+
+    // The branch limit does not need DescribeInstanceTypes; the plain host's slots do.
+    let inputs = Inputs {
+        eni_limits: None,
+        ..inputs
+    };
+    let (hosts, _, _) = super::hosts(&inputs);
+    assert_eq!(hosts[0].eni, Some(Quantity::new(10, 1)));
+    assert_eq!(hosts[1].eni, None);
 }
 
 #[test]

@@ -39,6 +39,7 @@ pub struct Config {
     pub cloudwatch: CloudWatchConfig,
     pub imds: ImdsConfig,
     pub drain: DrainConfig,
+    pub scale_in: ScaleInConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,6 +184,46 @@ pub struct DrainConfig {
     pub drain_on_shutdown: bool,
     #[serde(with = "humantime_serde")]
     pub shutdown_drain_timeout: Duration,
+}
+
+/// Managed scale-in protection and volunteering (the `protection` module).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScaleInConfig {
+    /// `auto`: on when this instance is in an Auto Scaling group; `on`: the group must be found;
+    /// `off`: never touch the instance's protection.
+    pub protection: Toggle,
+    /// An idle host lifts its protection after being idle this long without a break.
+    #[serde(with = "humantime_serde")]
+    pub idle_grace: Duration,
+    /// A host stays protected this long after its launch (system boot), idle or not.
+    #[serde(with = "humantime_serde")]
+    pub launch_warmup: Duration,
+    /// The least-loaded busy host volunteers when the cluster has more than a host's worth idle.
+    pub volunteer: bool,
+    /// That excess must hold this long (as seen in the cluster view) before a host volunteers.
+    #[serde(with = "humantime_serde")]
+    pub volunteer_after: Duration,
+    /// A volunteer not taken by a scale-in within this protects itself again.
+    #[serde(with = "humantime_serde")]
+    pub volunteer_timeout: Duration,
+    /// How often a busy host reads the cluster view (jittered by ±20 %).
+    #[serde(with = "humantime_serde")]
+    pub view_interval: Duration,
+}
+
+impl Default for ScaleInConfig {
+    fn default() -> Self {
+        ScaleInConfig {
+            protection: Toggle::Auto,
+            idle_grace: Duration::from_secs(5 * 60),
+            launch_warmup: Duration::from_secs(10 * 60),
+            volunteer: true,
+            volunteer_after: Duration::from_secs(10 * 60),
+            volunteer_timeout: Duration::from_secs(30 * 60),
+            view_interval: Duration::from_secs(5 * 60),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

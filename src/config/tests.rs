@@ -199,11 +199,15 @@ fn missing_explicit_file_is_an_error_but_missing_default_is_not() {
 #[test]
 fn durations_are_bounded_and_the_error_names_key_range_and_origin() {
     for (text, key, range) in [
-        ("interval = \"1ns\"\n", "agent.interval", "from 1s to 1h"),
+        (
+            "interval = \"1ns\"\n",
+            "agent.interval",
+            "at least 1s and at most 1h",
+        ),
         (
             "[imds]\ntimeout = \"1ns\"\n",
             "imds.timeout",
-            "from 10ms to 30s",
+            "at least 10ms and at most 30s",
         ),
         (
             "[drain]\nmaintenance_lead_time = \"1000y\"\n",
@@ -292,4 +296,45 @@ fn a_config_that_is_not_a_regular_file_is_refused() {
         err.contains("/dev/zero") && err.contains("character device"),
         "{err}"
     );
+}
+
+#[test]
+fn scale_in_keys_are_validated_by_name() {
+    let ok = load_text("", &[]).unwrap();
+    assert_eq!(ok.config.scale_in.protection, Toggle::Auto);
+    assert_eq!(ok.config.scale_in.idle_grace, Duration::from_secs(300));
+    let cases = [
+        (
+            "[scale_in]\nprotection = \"maybe\"\n",
+            "scale_in.protection",
+            "maybe",
+        ),
+        (
+            "[scale_in]\nidle_grace = \"10s\"\n",
+            "scale_in.idle_grace",
+            "at least 1m",
+        ),
+        (
+            "[scale_in]\nview_interval = \"5s\"\n",
+            "scale_in.view_interval",
+            "at least 1m",
+        ),
+        (
+            "[scale_in]\nvolunteer_timeout = \"5m\"\n",
+            "scale_in.volunteer_timeout",
+            "scale_in.view_interval",
+        ),
+    ];
+    for (text, key, says) in cases {
+        let err = load_text(text, &[]).unwrap_err().to_string();
+        assert!(err.contains(key) && err.contains(says), "{text}: {err}");
+    }
+    let env = load_text("", &[("ECS_CAPACITY_AGENT_SCALE_IN_PROTECTION", "off")]).unwrap();
+    assert_eq!(env.config.scale_in.protection, Toggle::Off);
+    // Without volunteering the timeout does not matter.
+    load_text(
+        "[scale_in]\nvolunteer = false\nvolunteer_timeout = \"1m\"\n",
+        &[],
+    )
+    .unwrap();
 }

@@ -25,7 +25,7 @@ pub const IMDS_TIMEOUT: (Duration, Duration) = (Duration::from_millis(10), Durat
 pub const IMDS_TOKEN_TTL: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(21_600));
 pub const DRAIN_CHECK_INTERVAL: (Duration, Duration) =
-    (Duration::from_secs(1), Duration::from_secs(600));
+    (Duration::from_millis(100), Duration::from_secs(600));
 /// Scheduled events are announced up to weeks ahead.
 pub const MAINTENANCE_LEAD_TIME: (Duration, Duration) =
     (Duration::ZERO, Duration::from_secs(28 * 86_400));
@@ -39,6 +39,14 @@ pub const RESERVED_MEMORY_MIB_MAX: u64 = 16 * 1024 * 1024;
 pub const SHAPE_CPU_UNITS_MAX: u64 = 1024 * 1024;
 pub const SHAPE_MEMORY_MIB_MAX: u64 = RESERVED_MEMORY_MIB_MAX;
 pub const SCALE_OUT_THRESHOLD_MAX: f64 = 1e9;
+/// Scale-in protection: shorter than a minute would flap protection with every short-lived task,
+/// or poll the cluster too often.
+pub const SCALE_IN_IDLE_GRACE: (Duration, Duration) = (MINUTE, DAY);
+pub const SCALE_IN_VIEW_INTERVAL: (Duration, Duration) = (MINUTE, DAY);
+pub const SCALE_IN_LAUNCH_WARMUP: (Duration, Duration) = (Duration::ZERO, DAY);
+pub const SCALE_IN_VOLUNTEER_AFTER: (Duration, Duration) = (Duration::ZERO, DAY);
+pub const SCALE_IN_VOLUNTEER_TIMEOUT: (Duration, Duration) =
+    (Duration::ZERO, Duration::from_secs(7 * 86_400));
 
 /// Builds errors that name the key and where its value came from.
 struct Check<'a> {
@@ -66,7 +74,7 @@ impl Check<'_> {
             return Err(self.invalid(
                 key,
                 format!(
-                    "{} is not allowed: from {} to {}",
+                    "{} is not allowed: at least {} and at most {}",
                     human(d),
                     human(min),
                     human(max)
@@ -114,7 +122,8 @@ pub(super) fn validate(c: &Config, sources: &BTreeMap<String, Source>) -> Result
     prometheus(c, &check)?;
     cloudwatch(c, &check)?;
     imds(c, &check)?;
-    drain(c, &check)
+    drain(c, &check)?;
+    scale_in(c, &check)
 }
 
 fn agent(c: &Config, check: &Check<'_>) -> Result<(), ConfigError> {
@@ -298,15 +307,9 @@ fn drain(c: &Config, check: &Check<'_>) -> Result<(), ConfigError> {
         SHUTDOWN_DRAIN_TIMEOUT,
     )?;
     let id = d.instance_id.trim();
-    let looks_like_id =
-        id.starts_with("i-") && id.len() > 2 && id[2..].chars().all(|ch| ch.is_ascii_hexdigit());
-    if !id.is_empty() && !looks_like_id {
-        return Err(check.invalid(
-            "drain.instance_id",
-            format!(
-                "{id:?} is not an EC2 instance id (\"i-\" and hex digits, e.g. \"i-0abc1234def567890\")"
-            ),
-        ));
+    if !id.is_empty() {
+        id.parse::<crate::instance_id::InstanceId>()
+            .map_err(|e| check.invalid("drain.instance_id", e.to_string()))?;
     }
     if d.drain_on_shutdown && d.shutdown_drain_timeout.is_zero() {
         return Err(check.invalid(
@@ -316,6 +319,42 @@ fn drain(c: &Config, check: &Check<'_>) -> Result<(), ConfigError> {
     }
     if d.ignore_families.iter().any(|f| f.trim().is_empty()) {
         return Err(check.invalid("drain.ignore_families", "lists an empty family name".into()));
+    }
+    Ok(())
+}
+
+fn scale_in(c: &Config, check: &Check<'_>) -> Result<(), ConfigError> {
+    let s = &c.scale_in;
+    check.duration("scale_in.idle_grace", s.idle_grace, SCALE_IN_IDLE_GRACE)?;
+    check.duration(
+        "scale_in.view_interval",
+        s.view_interval,
+        SCALE_IN_VIEW_INTERVAL,
+    )?;
+    check.duration(
+        "scale_in.launch_warmup",
+        s.launch_warmup,
+        SCALE_IN_LAUNCH_WARMUP,
+    )?;
+    check.duration(
+        "scale_in.volunteer_after",
+        s.volunteer_after,
+        SCALE_IN_VOLUNTEER_AFTER,
+    )?;
+    check.duration(
+        "scale_in.volunteer_timeout",
+        s.volunteer_timeout,
+        SCALE_IN_VOLUNTEER_TIMEOUT,
+    )?;
+    if s.volunteer && s.volunteer_timeout <= s.view_interval {
+        return Err(check.invalid(
+            "scale_in.volunteer_timeout",
+            format!(
+                "{} is not allowed: must be longer than scale_in.view_interval ({}), or the other hosts never see the volunteer",
+                human(s.volunteer_timeout),
+                human(s.view_interval)
+            ),
+        ));
     }
     Ok(())
 }

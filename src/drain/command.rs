@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 use super::{AwsEffects, Command, Done, DrainStatus, Input, Runner, Settings, Store, Target};
 use crate::config::Config;
 use crate::error::Error;
+use crate::instance_id::InstanceId;
 use crate::metrics::Health;
 
 /// The instance id from `--instance-id`, else `drain.instance_id`, else IMDS.
-pub async fn resolve_instance_id(flag: Option<&str>, cfg: &Config) -> Result<String, Error> {
+pub async fn resolve_instance_id(flag: Option<&str>, cfg: &Config) -> Result<InstanceId, Error> {
     match instance_id(flag, cfg) {
         Err(Error::Input(_)) if flag.is_none() && cfg.drain.instance_id.trim().is_empty() => {
             let client = crate::imds::client::Client::new(&cfg.imds)
@@ -26,27 +27,24 @@ pub async fn resolve_instance_id(flag: Option<&str>, cfg: &Config) -> Result<Str
 }
 
 /// The instance id from `--instance-id`, else `drain.instance_id`.
-pub fn instance_id(flag: Option<&str>, cfg: &Config) -> Result<String, Error> {
+pub fn instance_id(flag: Option<&str>, cfg: &Config) -> Result<InstanceId, Error> {
     let id = flag
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .or_else(|| Some(cfg.drain.instance_id.trim()).filter(|s| !s.is_empty()));
     match id {
-        Some(id) if id.starts_with("i-") => Ok(id.to_string()),
-        Some(id) => Err(Error::Input(format!(
-            "{id:?} is not an EC2 instance id (i-…)"
-        ))),
+        Some(id) => id.parse().map_err(|e| Error::Input(format!("{e}"))),
         None => Err(Error::Input(
             "which instance? pass --instance-id i-… or set drain.instance_id".into(),
         )),
     }
 }
 
-async fn runner(cfg: &Config, instance_id: String) -> Result<Runner, Error> {
+async fn runner(cfg: &Config, instance_id: InstanceId) -> Result<Runner, Error> {
     let store = Store::open(&cfg.agent.state_dir)
         .map_err(|e| Error::Unavailable(format!("{e} (is agent.state_dir writable?)")))?;
     let sdk = crate::aws::sdk_config().await;
-    let effects = AwsEffects::new(&sdk, Target::from_config(cfg, instance_id))
+    let effects = AwsEffects::new(&sdk, Target::from_config(cfg, instance_id.into()))
         .with_ignored_families(cfg.drain.ignore_families.clone());
     let (runner, _handles) = Runner::new(
         Settings::from_config(&cfg.drain),
@@ -69,7 +67,7 @@ fn failures(done: &[Done]) -> Vec<String> {
 /// Sets this instance DRAINING; with `wait`, follows its tasks until they are gone or `timeout`.
 pub async fn drain(
     cfg: &Config,
-    instance_id: String,
+    instance_id: InstanceId,
     wait: bool,
     timeout: Option<Duration>,
 ) -> Result<DrainStatus, Error> {
@@ -128,7 +126,7 @@ pub async fn drain(
 }
 
 /// Returns this instance to ACTIVE.
-pub async fn activate(cfg: &Config, instance_id: String) -> Result<DrainStatus, Error> {
+pub async fn activate(cfg: &Config, instance_id: InstanceId) -> Result<DrainStatus, Error> {
     let runner = runner(cfg, instance_id).await?;
     let done = runner.apply(Input::Command(Command::Activate)).await;
     if let Some(e) = failures(&done).into_iter().next() {
@@ -144,4 +142,45 @@ pub async fn activate(cfg: &Config, instance_id: String) -> Result<DrainStatus, 
         )));
     }
     Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(id: &str) -> Config {
+        let mut cfg = Config::default();
+        cfg.drain.instance_id = id.into();
+        cfg
+    }
+
+    #[test]
+    fn the_flag_wins_over_the_config_and_both_must_be_instance_ids() {
+        let cases = [
+            // (flag, drain.instance_id, id or error containing)
+            (Some("i-0abc1234def567890"), "", Ok("i-0abc1234def567890")),
+            (
+                Some(" i-1234abcd "),
+                "i-0abc1234def567890",
+                Ok("i-1234abcd"),
+            ),
+            (None, "i-0abc1234def567890", Ok("i-0abc1234def567890")),
+            (Some(""), "i-1234abcd", Ok("i-1234abcd")),
+            (
+                Some("i-web"),
+                "",
+                Err("\"i-web\" is not an EC2 instance id"),
+            ),
+            (Some("i-0ABC1234DEF567890"), "", Err("lowercase hex")),
+            (None, "", Err("which instance?")),
+        ];
+        for (flag, configured, want) in cases {
+            let got = instance_id(flag, &config(configured));
+            match (&got, want) {
+                (Ok(id), Ok(w)) => assert_eq!(id.as_str(), w),
+                (Err(Error::Input(e)), Err(w)) => assert!(e.contains(w), "{flag:?}: {e}"),
+                _ => panic!("{flag:?} / {configured:?}: {got:?}, want {want:?}"),
+            }
+        }
+    }
 }

@@ -14,7 +14,8 @@ pub use crate::ecs_agent::EcsAgentView;
 pub use crate::eni::EniView;
 pub use observer::{InstanceFacts, Observer, observe_once, observe_once_with};
 pub use registered::Registered;
-pub use tasks::{NetworkMode, OtherContainer, Reserved, Task, TaskContainer, Usage};
+pub use tasks::{NetworkMode, OtherContainer, Reserved, Task, TaskContainer};
+pub use usage::Usage;
 
 /// Actual use summed over the ECS tasks (unlabelled containers are not included).
 pub type HostUsage = Usage;

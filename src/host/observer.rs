@@ -14,13 +14,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::tasks::{self, task_id};
-use super::usage::{CpuRates, UsageReader};
+use super::usage::{CpuRates, Usage, UsageReader};
 use super::{Snapshot, registered};
 use crate::config::Config;
 use crate::docker::{self, ContainerEvent, ContainerInfo};
 use crate::ecs_agent::{self, EcsAgentView};
 use crate::eni::{self, EniView};
 use crate::error::Error;
+use crate::instance_id::InstanceId;
 use crate::retry::Backoff;
 
 const MEMINFO: &str = "/proc/meminfo";
@@ -29,7 +30,7 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// What IMDS knows about this instance; the caller (which owns the IMDS client) passes it in.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InstanceFacts {
-    pub instance_id: Option<String>,
+    pub instance_id: Option<InstanceId>,
     pub instance_type: Option<String>,
     /// `network/interfaces/macs/`: one per attached ENI.
     pub macs: Option<Vec<String>>,
@@ -44,12 +45,92 @@ struct DockerState {
     error: Option<String>,
 }
 
-#[derive(Debug, Default)]
+/// What the instance look-ups found.
+#[derive(Debug, Clone, Default)]
 struct InstanceState {
     facts: InstanceFacts,
+    /// MaximumNetworkInterfaces of the instance type.
     limit: Option<u32>,
-    trunk: bool,
+    /// A trunk ENI is attached; `None` when not looked up or the look-up failed.
+    trunk: Option<bool>,
     errors: Vec<String>,
+}
+
+/// The ECS agent's introspection answer.
+#[derive(Debug, Clone, Default)]
+struct AgentReading {
+    view: EcsAgentView,
+    tasks: Option<ecs_agent::TaskList>,
+    error: Option<String>,
+}
+
+impl AgentReading {
+    async fn read(agent: &ecs_agent::Client) -> AgentReading {
+        let (view, tasks, error) = agent.observe().await;
+        AgentReading { view, tasks, error }
+    }
+}
+
+/// Everything one snapshot is composed from, read beforehand: [`compose`] only combines them.
+#[derive(Debug, Clone)]
+struct Readings {
+    taken_at: SystemTime,
+    /// When the cgroups were read (the CPU rate's clock).
+    read_at: Instant,
+    registered: registered::Registered,
+    containers: Vec<ContainerInfo>,
+    agent: AgentReading,
+    instance: InstanceState,
+    /// ENIs attached according to sysfs; read only when IMDS gave no MAC list.
+    sysfs_attached: Option<Result<u32, String>>,
+    /// Each ECS task container's cgroup reading by container id (a container whose cgroup was not
+    /// found is absent); `Err` says why usage cannot be read at all.
+    usage: Result<HashMap<String, Usage>, String>,
+    /// Sources already found unreadable.
+    unavailable: Vec<String>,
+}
+
+impl Readings {
+    /// The readings that need no long-lived state: cgroups (through `reader`) and sysfs.
+    fn read(
+        cfg: &Config,
+        registered: registered::Registered,
+        containers: Vec<ContainerInfo>,
+        agent: AgentReading,
+        instance: InstanceState,
+        reader: Result<&dyn UsageReader, String>,
+        unavailable: Vec<String>,
+    ) -> Readings {
+        let sysfs_attached = instance
+            .facts
+            .macs
+            .is_none()
+            .then(|| eni::attached_from_sysfs(&cfg.host.sysfs_net).map_err(|e| e.to_string()));
+        let usage = reader.map(|r| read_usage(r, &containers));
+        Readings {
+            taken_at: SystemTime::now(),
+            read_at: Instant::now(),
+            registered,
+            containers,
+            agent,
+            instance,
+            sysfs_attached,
+            usage,
+            unavailable,
+        }
+    }
+}
+
+/// Reads the cgroup of every ECS task container.
+fn read_usage(reader: &dyn UsageReader, containers: &[ContainerInfo]) -> HashMap<String, Usage> {
+    containers
+        .iter()
+        .filter_map(|c| {
+            let labels = c.ecs.as_ref()?;
+            let usage = reader.read(&c.id, task_id(&labels.task_arn))?;
+            Some((c.id.clone(), usage))
+        })
+        .collect()
 }
 
 struct Shared {
@@ -59,8 +140,8 @@ struct Shared {
     cpu: Mutex<CpuRates>,
     agent: ecs_agent::Client,
     instance: Mutex<InstanceState>,
-    usage: Option<Box<dyn UsageReader>>,
-    usage_error: Option<String>,
+    /// The cgroup reader, or why there is none.
+    usage: Result<Box<dyn UsageReader>, String>,
 }
 
 /// Follows the host. Cheap to clone.
@@ -81,13 +162,10 @@ impl Observer {
         token: CancellationToken,
         tracker: &TaskTracker,
     ) -> Observer {
-        let (usage, usage_error) = match super::usage::default_reader(&cfg) {
-            Ok(r) => (Some(r), None),
-            Err(e) => {
-                tracing::warn!(error = %e, "actual usage (cgroups) unavailable");
-                (None, Some(e))
-            }
-        };
+        let usage = super::usage::default_reader(&cfg);
+        if let Err(e) = &usage {
+            tracing::warn!(error = %e, "actual usage (cgroups) unavailable");
+        }
         let (changes, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
             agent: ecs_agent::Client::new(&cfg.host.ecs_agent_url, AGENT_TIMEOUT),
@@ -97,7 +175,6 @@ impl Observer {
             cpu: Mutex::new(CpuRates::default()),
             instance: Mutex::new(InstanceState::default()),
             usage,
-            usage_error,
         });
         tracker.spawn(follow_docker(shared.clone(), token));
         Observer { shared }
@@ -117,7 +194,7 @@ impl Observer {
             .instance_type
             .as_deref()
             .and_then(|t| eni::cached_limit(state_dir, t));
-        let mut trunk = false;
+        let mut trunk = None;
         if let Some(ec2) = &ec2 {
             if let (None, Some(t)) = (limit, facts.instance_type.as_deref()) {
                 match eni::max_interfaces(ec2, t, state_dir).await {
@@ -125,9 +202,9 @@ impl Observer {
                     Err(e) => errors.push(format!("eni limit: {e}")),
                 }
             }
-            if let Some(id) = facts.instance_id.as_deref() {
-                match eni::trunk_attached(ec2, id).await {
-                    Ok(t) => trunk = t,
+            if let Some(id) = &facts.instance_id {
+                match eni::trunk_attached(ec2, id.as_str()).await {
+                    Ok(t) => trunk = Some(t),
                     Err(e) => errors.push(format!("eni trunk: {e}")),
                 }
             }
@@ -159,29 +236,18 @@ impl Observer {
             };
             (d.containers.values().cloned().collect::<Vec<_>>(), note)
         };
-        let agent = s.agent.observe().await;
-        let instance = {
-            let i = lock(&s.instance);
-            (i.facts.clone(), i.limit, i.trunk, i.errors.clone())
-        };
-        let mut unavailable: Vec<String> = docker_note.into_iter().collect();
-        let mut cpu = lock(&s.cpu);
-        let usage = match &s.usage {
-            Some(r) => Some((r.as_ref(), Some(&mut *cpu))),
-            None => {
-                unavailable.extend(s.usage_error.iter().map(|e| format!("usage: {e}")));
-                None
-            }
-        };
-        Ok(compose(
+        let agent = AgentReading::read(&s.agent).await;
+        let instance = lock(&s.instance).clone();
+        let readings = Readings::read(
             &s.cfg,
             registered,
-            &containers,
+            containers,
             agent,
             instance,
-            usage,
-            unavailable,
-        ))
+            s.usage.as_deref().map_err(String::clone),
+            docker_note.into_iter().collect(),
+        );
+        Ok(compose(readings, Some(&mut lock(&s.cpu))))
     }
 }
 
@@ -190,25 +256,23 @@ fn read_registered(cfg: &Config) -> Result<registered::Registered, Error> {
         .map_err(|e| Error::Unavailable(format!("host resources: {e}")))
 }
 
-type Instance = (InstanceFacts, Option<u32>, bool, Vec<String>);
+/// The snapshot from `r`, with CPU rates against the previous readings in `rates` (none without).
+fn compose(r: Readings, rates: Option<&mut CpuRates>) -> Snapshot {
+    let mut unavailable = r.unavailable;
+    let instance = r.instance;
+    let agent = r.agent;
+    let (mut tasks, others) = tasks::group(&r.containers);
 
-fn compose(
-    cfg: &Config,
-    registered: registered::Registered,
-    containers: &[ContainerInfo],
-    agent: (EcsAgentView, Option<ecs_agent::TaskList>, Option<String>),
-    (facts, limit, trunk, instance_errors): Instance,
-    usage: Option<(&dyn UsageReader, Option<&mut CpuRates>)>,
-    mut unavailable: Vec<String>,
-) -> Snapshot {
-    let (mut tasks, others) = tasks::group(containers);
-
-    let (mut ecs, agent_tasks, agent_err) = agent;
-    ecs.instance_id = facts.instance_id.clone();
-    if let Some(e) = agent_err {
+    let mut ecs = agent.view;
+    ecs.instance_id = instance
+        .facts
+        .instance_id
+        .as_ref()
+        .map(InstanceId::to_string);
+    if let Some(e) = agent.error {
         unavailable.push(format!("ecs agent: {e}"));
     }
-    if let Some(list) = agent_tasks {
+    if let Some(list) = agent.tasks {
         let by_arn: HashMap<&str, &ecs_agent::AgentTask> =
             list.tasks.iter().map(|t| (t.arn.as_str(), t)).collect();
         for t in &mut tasks {
@@ -219,62 +283,43 @@ fn compose(
         }
     }
 
-    let mut host_usage = None;
-    if let Some((reader, mut rates)) = usage {
-        let now = Instant::now();
-        let mut live = HashSet::new();
-        let mut total = tasks::Usage::default();
-        let mut any = false;
-        for t in &mut tasks {
-            let tid = task_id(&t.arn).to_string();
-            let mut sum = tasks::Usage::default();
-            let mut task_any = false;
-            for c in &mut t.containers {
-                live.insert(c.id.as_str());
-                let Some(mut u) = reader.read(&c.id, Some(&tid)) else {
-                    continue;
-                };
-                if let (Some(rates), Some(usec)) = (rates.as_deref_mut(), u.cpu_usage_usec) {
-                    u.cpu_cores = rates.rate(&c.id, usec, now);
-                }
-                sum.add(&u);
-                c.usage = Some(u);
-                task_any = true;
+    let host_usage = match r.usage {
+        Ok(readings) => {
+            let host = task_usage(&mut tasks, &readings, rates, r.read_at);
+            if host.is_none() {
+                unavailable.push("usage: no task container's cgroup was found".into());
             }
-            if task_any {
-                total.add(&sum);
-                t.usage = Some(sum);
-                any = true;
-            }
+            host
         }
-        if let Some(rates) = rates {
-            rates.retain(&live);
+        Err(e) => {
+            unavailable.push(format!("usage: {e}"));
+            None
         }
-        if any || tasks.is_empty() {
-            host_usage = Some(total);
-        } else {
-            unavailable.push("usage: no task container's cgroup was found".into());
-        }
-    }
+    };
 
     let reserved = tasks::reserved(&tasks);
-    let attached = match &facts.macs {
-        Some(m) => Some(m.len() as u32),
-        None => match eni::attached_from_sysfs(&cfg.host.sysfs_net) {
-            Ok(n) => Some(n),
-            Err(e) => {
-                unavailable.push(format!("eni attached: {e}"));
-                None
-            }
-        },
+    let attached = match (&instance.facts.macs, r.sysfs_attached) {
+        (Some(m), _) => Some(m.len() as u32),
+        (None, Some(Ok(n))) => Some(n),
+        (None, Some(Err(e))) => {
+            unavailable.push(format!("eni attached: {e}"));
+            None
+        }
+        (None, None) => None,
     };
+    let InstanceState {
+        facts,
+        limit,
+        trunk,
+        errors,
+    } = instance;
     if limit.is_none() {
         unavailable.push(match &facts.instance_type {
             Some(t) => format!("eni limit: unknown for {t}"),
             None => "eni limit: instance type unknown (no IMDS)".into(),
         });
     }
-    unavailable.extend(instance_errors);
+    unavailable.extend(errors);
     let (slots, note) = eni::slots(limit, trunk, facts.instance_type.as_deref());
     let eni = EniView {
         attached,
@@ -285,8 +330,8 @@ fn compose(
         note,
     };
     Snapshot {
-        taken_at: SystemTime::now(),
-        registered,
+        taken_at: r.taken_at,
+        registered: r.registered,
         tasks,
         others,
         reserved,
@@ -295,6 +340,44 @@ fn compose(
         ecs,
         unavailable,
     }
+}
+
+/// Puts each container's reading (with its CPU rate) on the tasks and sums them per task and for
+/// the host. The host sum is `None` when tasks run but none of their cgroups was read.
+fn task_usage(
+    tasks: &mut [tasks::Task],
+    readings: &HashMap<String, Usage>,
+    mut rates: Option<&mut CpuRates>,
+    now: Instant,
+) -> Option<Usage> {
+    let mut live = HashSet::new();
+    let mut total = Usage::default();
+    let mut any = false;
+    for t in tasks.iter_mut() {
+        let mut sum = Usage::default();
+        let mut task_any = false;
+        for c in &mut t.containers {
+            live.insert(c.id.as_str());
+            let Some(mut u) = readings.get(&c.id).cloned() else {
+                continue;
+            };
+            if let (Some(rates), Some(usec)) = (rates.as_deref_mut(), u.cpu_usage_usec) {
+                u.cpu_cores = rates.rate(&c.id, usec, now);
+            }
+            sum.add(&u);
+            c.usage = Some(u);
+            task_any = true;
+        }
+        if task_any {
+            total.add(&sum);
+            t.usage = Some(sum);
+            any = true;
+        }
+    }
+    if let Some(rates) = rates {
+        rates.retain(&live);
+    }
+    (any || tasks.is_empty()).then_some(total)
 }
 
 /// One observation without a long-lived observer, for `status`: lists Docker once, reads the
@@ -313,30 +396,32 @@ pub async fn observe_once_with(cfg: &Config, facts: InstanceFacts) -> Result<Sna
             Vec::new()
         }
     };
-    let agent = ecs_agent::Client::new(&cfg.host.ecs_agent_url, AGENT_TIMEOUT)
-        .observe()
-        .await;
+    let agent = AgentReading::read(&ecs_agent::Client::new(
+        &cfg.host.ecs_agent_url,
+        AGENT_TIMEOUT,
+    ))
+    .await;
     let limit = facts
         .instance_type
         .as_deref()
         .and_then(|t| eni::cached_limit(&cfg.agent.state_dir, t));
-    let reader = super::usage::default_reader(cfg);
-    let usage = match &reader {
-        Ok(r) => Some((r.as_ref(), None)),
-        Err(e) => {
-            unavailable.push(format!("usage: {e}"));
-            None
-        }
+    let instance = InstanceState {
+        facts,
+        limit,
+        trunk: None,
+        errors: Vec::new(),
     };
-    Ok(compose(
+    let reader = super::usage::default_reader(cfg);
+    let readings = Readings::read(
         cfg,
         registered,
-        &containers,
+        containers,
         agent,
-        (facts, limit, false, Vec::new()),
-        usage,
+        instance,
+        reader.as_deref().map_err(String::clone),
         unavailable,
-    ))
+    );
+    Ok(compose(readings, None))
 }
 
 async fn list_once(socket: &Path) -> Result<Vec<ContainerInfo>, docker::DockerError> {
@@ -496,4 +581,201 @@ async fn apply(
         bump(shared);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::docker::EcsLabels;
+
+    const ARN: &str = "arn:aws:ecs:us-east-1:123456789012:task/prod/0123abcd";
+
+    fn container(id: &str) -> ContainerInfo {
+        ContainerInfo {
+            id: id.into(),
+            name: format!("ecs-web-{id}"),
+            running: true,
+            ecs: Some(EcsLabels {
+                task_arn: ARN.into(),
+                container_name: format!("app-{id}"),
+                family: "web".into(),
+                version: "1".into(),
+                cluster: Some("prod".into()),
+            }),
+            cpu_shares: 256,
+            memory_limit_bytes: None,
+            memory_reservation_bytes: None,
+            tcp_ports: BTreeSet::new(),
+            udp_ports: BTreeSet::new(),
+            network_mode: "bridge".into(),
+            cgroup_parent: None,
+        }
+    }
+
+    fn readings(
+        containers: Vec<ContainerInfo>,
+        usage: &[(&str, u64)],
+        read_at: Instant,
+        instance: InstanceState,
+    ) -> Readings {
+        Readings {
+            taken_at: SystemTime::UNIX_EPOCH,
+            read_at,
+            registered: registered::Registered {
+                cpu_units: 2048,
+                memory_mib: 3800,
+                reserved_tcp_ports: BTreeSet::new(),
+                reserved_udp_ports: BTreeSet::new(),
+            },
+            containers,
+            agent: AgentReading::default(),
+            instance,
+            sysfs_attached: None,
+            usage: Ok(usage
+                .iter()
+                .map(|(id, usec)| {
+                    let u = Usage {
+                        cpu_usage_usec: Some(*usec),
+                        ..Usage::default()
+                    };
+                    (id.to_string(), u)
+                })
+                .collect()),
+            unavailable: Vec::new(),
+        }
+    }
+
+    fn instance(limit: Option<u32>, trunk: Option<bool>, ty: &str) -> InstanceState {
+        InstanceState {
+            facts: InstanceFacts {
+                instance_id: Some("i-0123456789abcdef0".parse().unwrap()),
+                instance_type: Some(ty.into()),
+                macs: Some(vec!["0e:00:00:00:00:01".into()]),
+            },
+            limit,
+            trunk,
+            errors: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_cpu_counter_that_went_back_gives_no_rate_for_that_interval() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(10);
+        let t2 = t1 + Duration::from_secs(10);
+        let both = || vec![container("a"), container("b")];
+        let inst = || instance(Some(3), Some(false), "c5.large");
+        let mut rates = CpuRates::default();
+        let first = compose(
+            readings(both(), &[("a", 1_000_000), ("b", 0)], t0, inst()),
+            Some(&mut rates),
+        );
+        assert_eq!(first.usage.as_ref().unwrap().cpu_cores, None);
+
+        let second = compose(
+            readings(both(), &[("a", 6_000_000), ("b", 10_000_000)], t1, inst()),
+            Some(&mut rates),
+        );
+        let cores = second.usage.as_ref().unwrap().cpu_cores.unwrap();
+        assert!((cores - 1.5).abs() < 1e-9, "{cores}");
+
+        // `b` restarted: its counter is back near 0. Its rate is unknown, never 0.0; the host's
+        // figure sums what is known.
+        let third = compose(
+            readings(both(), &[("a", 8_000_000), ("b", 1_000)], t2, inst()),
+            Some(&mut rates),
+        );
+        let task = &third.tasks[0];
+        assert_eq!(
+            task.containers[0].usage.as_ref().unwrap().cpu_cores,
+            Some(0.2)
+        );
+        assert_eq!(task.containers[1].usage.as_ref().unwrap().cpu_cores, None);
+        let host = third.usage.as_ref().unwrap().cpu_cores.unwrap();
+        assert!((host - 0.2).abs() < 1e-9, "{host}");
+
+        // Alone, a restarted container leaves the host's CPU figure unknown.
+        let only_b = compose(
+            readings(
+                vec![container("b")],
+                &[("b", 500)],
+                t2 + Duration::from_secs(10),
+                inst(),
+            ),
+            Some(&mut rates),
+        );
+        assert_eq!(only_b.usage.as_ref().unwrap().cpu_cores, None);
+    }
+
+    #[test]
+    fn tasks_whose_cgroups_were_not_found_leave_host_usage_unknown() {
+        let s = compose(
+            readings(
+                vec![container("a")],
+                &[],
+                Instant::now(),
+                InstanceState::default(),
+            ),
+            None,
+        );
+        assert_eq!(s.usage, None);
+        assert!(
+            s.unavailable.iter().any(|u| u.contains("cgroup")),
+            "{:?}",
+            s.unavailable
+        );
+        let idle = compose(
+            readings(Vec::new(), &[], Instant::now(), InstanceState::default()),
+            None,
+        );
+        assert_eq!(idle.usage, Some(Usage::default()));
+    }
+
+    #[test]
+    fn eni_slots_agree_with_the_cluster_command_trunk_known_and_unknown() {
+        use crate::capacity::Quantity;
+        use crate::cluster::{self, Inputs};
+        let cases = [
+            // (limit, trunk, type, slots)
+            (Some(3), Some(false), "c5.large", Some(2)),
+            (Some(3), Some(true), "c5.large", Some(10)),
+            (Some(8), Some(true), "x9.huge", None),
+            // Trunking unknown (look-up failed): unknown, never limit − 1.
+            (Some(3), None, "c5.large", None),
+        ];
+        for (limit, trunk, ty, want) in cases {
+            let s = compose(
+                readings(Vec::new(), &[], Instant::now(), instance(limit, trunk, ty)),
+                None,
+            );
+            let case = format!("{limit:?} {trunk:?} {ty}: {:?}", s.eni);
+            assert_eq!(s.eni.slots, want, "{case}");
+            assert_eq!(s.eni.trunk, trunk, "{case}");
+            if want.is_none() {
+                assert!(s.eni.note.is_some(), "{case}");
+            }
+            let Some(trunk) = trunk else { continue };
+            let inputs = Inputs {
+                instances: vec![cluster::Instance {
+                    arn: "arn:aws:ecs:us-east-1:1:container-instance/prod/1".into(),
+                    status: cluster::ACTIVE.into(),
+                    instance_type: Some(ty.into()),
+                    trunk,
+                    ..cluster::Instance::default()
+                }],
+                eni_limits: limit.map(|l| [(ty.to_string(), l)].into()),
+                awsvpc_tasks: Some(Default::default()),
+                ..Inputs::default()
+            };
+            let (hosts, _, _) = cluster::hosts(&inputs);
+            let from_cluster = hosts[0].eni.map(|q: Quantity| q.registered);
+            assert_eq!(
+                from_cluster,
+                want.map(u64::from),
+                "cluster disagrees: {case}"
+            );
+        }
+    }
 }

@@ -12,67 +12,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
+use super::usage::Usage;
+pub use crate::capacity::NetworkMode;
 use crate::docker::{ContainerInfo, PAUSE_CONTAINER_NAME};
 
 const MIB: u64 = 1024 * 1024;
-
-/// The task's network mode as the ECS agent realises it in Docker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NetworkMode {
-    Bridge,
-    Host,
-    /// The agent's pause container holds the task's ENI; the others join it with `container:<id>`.
-    Awsvpc,
-    None,
-    /// Anything else Docker reports (a user-defined network).
-    Other(String),
-}
-
-impl std::fmt::Display for NetworkMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            NetworkMode::Bridge => f.write_str("bridge"),
-            NetworkMode::Host => f.write_str("host"),
-            NetworkMode::Awsvpc => f.write_str("awsvpc"),
-            NetworkMode::None => f.write_str("none"),
-            NetworkMode::Other(s) => f.write_str(s),
-        }
-    }
-}
-
-/// Actual use of one container (or summed over a task / the host), from its cgroup.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Usage {
-    /// Cumulative CPU time, µs.
-    pub cpu_usage_usec: Option<u64>,
-    /// CPU in use between the previous observation and this one, in cores (1.0 = one CPU busy).
-    pub cpu_cores: Option<f64>,
-    /// Memory charged to the cgroup, including page cache.
-    pub memory_bytes: Option<u64>,
-    /// Memory minus inactive file cache (what `docker stats` and the kubelet call working set).
-    pub working_set_bytes: Option<u64>,
-    /// Cumulative time throttled by a CPU quota, µs.
-    pub throttled_usec: Option<u64>,
-}
-
-impl Usage {
-    /// Adds `other` field by field; a field stays `None` only when neither side has it.
-    pub fn add(&mut self, other: &Usage) {
-        fn sum_u(a: &mut Option<u64>, b: Option<u64>) {
-            if let Some(b) = b {
-                *a = Some(a.unwrap_or(0).saturating_add(b));
-            }
-        }
-        sum_u(&mut self.cpu_usage_usec, other.cpu_usage_usec);
-        sum_u(&mut self.memory_bytes, other.memory_bytes);
-        sum_u(&mut self.working_set_bytes, other.working_set_bytes);
-        sum_u(&mut self.throttled_usec, other.throttled_usec);
-        if let Some(b) = other.cpu_cores {
-            self.cpu_cores = Some(self.cpu_cores.unwrap_or(0.0) + b);
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TaskContainer {
@@ -111,14 +55,19 @@ pub struct Task {
 }
 
 impl Task {
-    /// The task id: the last segment of the ARN (`…:task/<cluster>/<id>` or the older `…:task/<id>`).
+    /// The task id for display: [`task_id`], else the whole ARN.
     pub fn id(&self) -> &str {
-        task_id(&self.arn)
+        task_id(&self.arn).unwrap_or(&self.arn)
     }
 }
 
-pub fn task_id(arn: &str) -> &str {
-    arn.rsplit('/').next().unwrap_or(arn)
+/// The task id an ECS task ARN ends with, for both ARN formats
+/// (`arn:aws:ecs:<region>:<account>:task/<cluster>/<id>` and the older `…:task/<id>`); `None` for
+/// anything that is not a task ARN or has no id after the last `/`.
+pub fn task_id(arn: &str) -> Option<&str> {
+    let (_, resource) = arn.split_once(":task/")?;
+    let id = resource.rsplit('/').next()?;
+    (!id.is_empty()).then_some(id)
 }
 
 /// A running container that is not part of an ECS task. Listed, never counted.
@@ -170,17 +119,12 @@ fn network_mode(members: &[&ContainerInfo]) -> NetworkMode {
     if members.iter().any(|c| is_pause(c)) || members.iter().any(|c| joins_member(&c)) {
         return NetworkMode::Awsvpc;
     }
-    let mode = members
-        .iter()
-        .map(|c| c.network_mode.as_str())
-        .find(|m| !m.starts_with("container:"))
-        .unwrap_or("bridge");
-    match mode {
-        "bridge" | "default" => NetworkMode::Bridge,
-        "host" => NetworkMode::Host,
-        "none" => NetworkMode::None,
-        other => NetworkMode::Other(other.to_string()),
-    }
+    NetworkMode::parse(
+        members
+            .iter()
+            .map(|c| c.network_mode.as_str())
+            .find(|m| !m.starts_with("container:")),
+    )
 }
 
 /// Groups running containers by task ARN (tasks sorted by ARN, containers by name); containers
@@ -382,21 +326,39 @@ mod tests {
     }
 
     #[test]
-    fn usage_adds_fields_present_on_either_side() {
-        let mut u = Usage::default();
-        u.add(&Usage {
-            cpu_usage_usec: Some(10),
-            cpu_cores: Some(0.5),
-            ..Default::default()
-        });
-        u.add(&Usage {
-            cpu_usage_usec: Some(5),
-            memory_bytes: Some(100),
-            ..Default::default()
-        });
-        assert_eq!(u.cpu_usage_usec, Some(15));
-        assert_eq!(u.cpu_cores, Some(0.5));
-        assert_eq!(u.memory_bytes, Some(100));
-        assert_eq!(u.working_set_bytes, None);
+    fn docker_network_modes_read_as_the_task_definition_modes() {
+        let cases = [
+            ("bridge", NetworkMode::Bridge),
+            ("default", NetworkMode::Bridge),
+            ("host", NetworkMode::Host),
+            ("none", NetworkMode::None),
+            // A user-defined network is not an ECS mode: its ports count as in bridge mode.
+            ("my-net", NetworkMode::Bridge),
+        ];
+        for (docker, want) in cases {
+            let c = container("c", Some(("arn:task/c/m", "app")), docker);
+            let (tasks, _) = group([&c]);
+            assert_eq!(tasks[0].network_mode, want, "{docker}");
+        }
+    }
+
+    #[test]
+    fn task_id_comes_from_both_task_arn_formats_and_nothing_else() {
+        let cases = [
+            (
+                "arn:aws:ecs:eu-west-1:123456789012:task/prod/0123456789abcdef0123456789abcdef",
+                Some("0123456789abcdef0123456789abcdef"),
+            ),
+            (
+                "arn:aws:ecs:us-east-1:123456789012:task/c5d6e7f8-1111-2222-3333-444455556666",
+                Some("c5d6e7f8-1111-2222-3333-444455556666"),
+            ),
+            ("arn:aws:ecs:us-east-1:123456789012:cluster/prod", None),
+            ("arn:aws:ecs:us-east-1:1:task/prod/", None),
+            ("not-an-arn", None),
+        ];
+        for (arn, want) in cases {
+            assert_eq!(task_id(arn), want, "{arn}");
+        }
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 
 use crate::config::ImdsConfig;
+use crate::instance_id::{InstanceId, ParseInstanceIdError};
 
 const TOKEN_PATH: &str = "/latest/api/token";
 const TTL_HEADER: &str = "X-aws-ec2-metadata-token-ttl-seconds";
@@ -390,8 +391,15 @@ impl Client {
     }
 
     /// `instance-id`, e.g. `i-0123456789abcdef0`.
-    pub async fn instance_id(&self) -> Result<String, Error> {
-        self.required("instance-id").await
+    pub async fn instance_id(&self) -> Result<InstanceId, Error> {
+        let value = self.required("instance-id").await?;
+        value
+            .parse()
+            .map_err(|e: ParseInstanceIdError| Error::Malformed {
+                path: "instance-id".into(),
+                excerpt: super::parse::excerpt(&value),
+                why: e.to_string(),
+            })
     }
 
     /// `instance-type`, e.g. `m5.large`.

@@ -1,6 +1,6 @@
 //! One host's published figures, and the table of metrics they become.
 //!
-//! `HostFigures` is plain data: the lead fills it from a `host::Snapshot`, the host's
+//! `HostFigures` is plain data, filled from a `host::Snapshot`, the host's
 //! `capacity::HostReport` and the drain status (see [`HostFigures::from_host`]); the CloudWatch
 //! encoding (`cloudwatch::datums`) and the Prometheus exposition both read only this struct, so the
 //! two sinks can never disagree.
@@ -40,7 +40,7 @@ pub struct HostFigures {
 }
 
 /// What `from_host` needs besides the capacity figures: identity, usage, ENIs, tasks and drain state,
-/// as the lead has them from the `Snapshot` and the drain's `DrainStatus`.
+/// taken from the `Snapshot` and the drain's `DrainStatus`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostFacts {
     pub at: SystemTime,

@@ -259,13 +259,13 @@ fn configuration_cases(root: &Path) -> Vec<Case> {
             "interval 1ns",
             "interval = \"1ns\"\n",
             "agent.interval",
-            "from 1s to 1h",
+            "at least 1s and at most 1h",
         ),
         (
             "interval 0s",
             "interval = \"0s\"\n",
             "agent.interval",
-            "from 1s to 1h",
+            "at least 1s and at most 1h",
         ),
         (
             "interval 200000000000y",
@@ -277,13 +277,13 @@ fn configuration_cases(root: &Path) -> Vec<Case> {
             "interval 2h",
             "interval = \"2h\"\n",
             "agent.interval",
-            "from 1s to 1h",
+            "at least 1s and at most 1h",
         ),
         (
             "imds timeout 1ns",
             "[imds]\ntimeout = \"1ns\"\n",
             "imds.timeout",
-            "from 10ms to 30s",
+            "at least 10ms and at most 30s",
         ),
         (
             "imds timeout above poll interval",
@@ -295,37 +295,37 @@ fn configuration_cases(root: &Path) -> Vec<Case> {
             "imds poll 1ns",
             "[imds]\npoll_interval = \"1ns\"\ntimeout = \"1ns\"\n",
             "imds.poll_interval",
-            "from 100ms to 1m",
+            "at least 100ms and at most 1m",
         ),
         (
             "imds token ttl 7h",
             "[imds]\ntoken_ttl = \"7h\"\n",
             "imds.token_ttl",
-            "from 1s to 6h",
+            "at least 1s and at most 6h",
         ),
         (
             "docker resync 100y",
             "[host]\ndocker_resync_interval = \"100y\"\n",
             "host.docker_resync_interval",
-            "from 1s to 1day",
+            "at least 1s and at most 1day",
         ),
         (
             "drain check 0s",
             "[drain]\ncheck_interval = \"0s\"\n",
             "drain.check_interval",
-            "from 1s to 10m",
+            "at least 100ms and at most 10m",
         ),
         (
             "maintenance lead 1000y",
             "[drain]\nmaintenance_lead_time = \"1000y\"\n",
             "drain.maintenance_lead_time",
-            "from 0s to 28days",
+            "at least 0s and at most 28days",
         ),
         (
             "shutdown drain 100y",
             "[drain]\nshutdown_drain_timeout = \"100y\"\n",
             "drain.shutdown_drain_timeout",
-            "from 0s to 2h",
+            "at least 0s and at most 2h",
         ),
         (
             "buffer periods 0",
@@ -416,7 +416,7 @@ fn configuration_cases(root: &Path) -> Vec<Case> {
         &[
             "ECS_CAPACITY_AGENT_AGENT_INTERVAL",
             "agent.interval",
-            "from 1s to 1h",
+            "at least 1s and at most 1h",
         ],
     ));
     cases.push(

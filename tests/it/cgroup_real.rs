@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ecs_capacity_agent::cgroup::{Cgroups, ContainerCgroup, Hierarchy, Layout, Usage};
+use ecs_capacity_agent::cgroup::{Cgroups, ContainerCgroup, Hierarchy, Layout};
+use ecs_capacity_agent::host::usage::{CpuRates, Usage};
 
 use crate::require;
 use crate::support::{
@@ -149,8 +150,11 @@ async fn reader_finds_real_containers_and_sees_cpu_rise_and_memory_held() {
     })
     .await
     .expect("spinner's CPU time did not rise by 0.2 s within 20 s");
-    let cores = later
-        .cpu_cores_since(&first, later_at - first_at)
+    // The rate as the observer takes it, from two readings of the same container.
+    let mut rates = CpuRates::default();
+    assert_eq!(rates.rate(&spin, first_usec, first_at), None);
+    let cores = rates
+        .rate(&spin, later.cpu_usage_usec.unwrap(), later_at)
         .expect("both readings have CPU time");
     assert!(cores > 0.0, "rate {cores}");
     eprintln!("spinner: {cores:.2} cores, {later:?}");
@@ -174,9 +178,10 @@ async fn reader_finds_real_containers_and_sees_cpu_rise_and_memory_held() {
     eprintln!("holder: {held:?}");
 
     // The sum over both is at least each.
-    let total = Usage::total([&later, &held]);
+    let mut total = Usage::from(later);
+    total.add(&held.into());
     assert!(total.cpu_usage_usec.unwrap() >= later.cpu_usage_usec.unwrap());
-    assert!(total.memory_working_set_bytes.unwrap() >= held.memory_working_set_bytes.unwrap());
+    assert!(total.working_set_bytes.unwrap() >= held.memory_working_set_bytes.unwrap());
 
     // An ECS task's container under the agent's task cgroup, found with and without the task id.
     match ecs_parent {
@@ -224,7 +229,7 @@ async fn reader_finds_real_containers_and_sees_cpu_rise_and_memory_held() {
     })
     .await
     .expect("removed container's cgroup still found after 10 s");
-    assert_eq!(spin_cg.read(), Usage::default());
+    assert_eq!(spin_cg.read(), ecs_capacity_agent::cgroup::Usage::default());
     drop(cleanup);
     assert!(!spin_cg.path().exists());
 }

@@ -224,7 +224,7 @@ async fn local_default_run_reports_serves_metrics_and_stops_on_sigterm() {
     };
     let took = signalled.elapsed();
     assert!(status.success(), "exit after SIGTERM: {status}");
-    // The bound: shutdown involves no waiting of its own, so 1 s is far above what it takes.
+    // Shutdown involves no waiting of its own, so 1 s is far above what it takes.
     assert!(
         took < Duration::from_secs(1),
         "SIGTERM to exit took {took:?}"

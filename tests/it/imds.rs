@@ -108,7 +108,10 @@ async fn token_is_reused_across_requests() {
     fake.set("instance-id", "i-0123456789abcdef0");
     let c = client(&fake, &ImdsConfig::default());
     for _ in 0..10 {
-        assert_eq!(c.instance_id().await.unwrap(), "i-0123456789abcdef0");
+        assert_eq!(
+            c.instance_id().await.unwrap().as_str(),
+            "i-0123456789abcdef0"
+        );
     }
     assert_eq!(fake.token_requests(), 1);
     assert_eq!(
@@ -122,7 +125,7 @@ async fn token_is_reused_across_requests() {
 #[tokio::test]
 async fn token_is_refreshed_before_it_expires() {
     let fake = FakeImds::start().await;
-    fake.set("instance-id", "i-1");
+    fake.set("instance-id", "i-0123456789abcdef0");
     let cfg = ImdsConfig {
         token_ttl: Duration::from_secs(1),
         ..ImdsConfig::default()
@@ -154,7 +157,7 @@ async fn expired_token_gets_one_refresh_and_the_request_succeeds() {
 #[tokio::test]
 async fn a_401_that_persists_fails_after_exactly_one_refresh() {
     let fake = FakeImds::start().await;
-    fake.set("instance-id", "i-1");
+    fake.set("instance-id", "i-0123456789abcdef0");
     let c = client(&fake, &ImdsConfig::default());
     fake.set_fault(Some(Fault::Status(401)));
     let e = c.instance_id().await.unwrap_err();
@@ -170,6 +173,13 @@ async fn a_path_not_served_is_none_and_identity_errors_name_the_path() {
     assert_eq!(c.get(SPOT).await.unwrap(), None);
     let e = c.region().await.unwrap_err();
     assert!(e.to_string().contains("placement/region"), "{e}");
+    fake.set("instance-id", "i-NOTHEX");
+    let e = c.instance_id().await.unwrap_err();
+    assert!(matches!(e, Error::Malformed { .. }), "{e}");
+    assert!(
+        e.to_string().contains("instance-id") && e.to_string().contains("i-NOTHEX"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -200,7 +210,10 @@ async fn identity_and_network_interfaces() {
         "eni-trunk",
     );
     let c = client(&fake, &ImdsConfig::default());
-    assert_eq!(c.instance_id().await.unwrap(), "i-0123456789abcdef0");
+    assert_eq!(
+        c.instance_id().await.unwrap().as_str(),
+        "i-0123456789abcdef0"
+    );
     assert_eq!(c.instance_type().await.unwrap(), "c6i.xlarge");
     assert_eq!(c.region().await.unwrap(), "eu-west-1");
     assert_eq!(c.availability_zone().await.unwrap(), "eu-west-1b");
@@ -233,7 +246,7 @@ async fn identity_and_network_interfaces() {
 #[tokio::test]
 async fn imdsv1_fallback_only_when_allowed() {
     let fake = FakeImds::start().await;
-    fake.set("instance-id", "i-v1");
+    fake.set("instance-id", "i-1234abcd");
     fake.refuse_tokens(Some(405));
     fake.require_token(false);
 
@@ -251,7 +264,7 @@ async fn imdsv1_fallback_only_when_allowed() {
     );
     let before = fake.token_requests();
     for _ in 0..3 {
-        assert_eq!(lenient.instance_id().await.unwrap(), "i-v1");
+        assert_eq!(lenient.instance_id().await.unwrap().as_str(), "i-1234abcd");
     }
     assert_eq!(
         fake.token_requests(),

@@ -13,4 +13,5 @@ mod imds;
 mod install;
 mod listener;
 mod metrics;
+mod protection;
 mod systemd_notify;

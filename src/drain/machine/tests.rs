@@ -1,0 +1,709 @@
+use super::*;
+use crate::notice::MaintenanceEvent;
+
+fn t(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+}
+
+fn hook() -> Hook {
+    Hook {
+        group: "asg".into(),
+        name: "drain-hook".into(),
+        heartbeat_timeout: Duration::from_secs(300),
+    }
+}
+
+fn spot(at: u64) -> Notice {
+    Notice::Spot {
+        action: SpotAction::Terminate,
+        time: t(at),
+    }
+}
+
+fn maintenance(
+    id: &str,
+    code: MaintenanceCode,
+    not_before: u64,
+    state: MaintenanceState,
+) -> Notice {
+    Notice::Maintenance(MaintenanceEvent {
+        event_id: id.into(),
+        code,
+        not_before: t(not_before),
+        not_after: None,
+        state,
+        description: "scheduled".into(),
+    })
+}
+
+fn run(state: &State, input: Input, now: u64) -> (State, Vec<Effect>) {
+    step(state, input, t(now), &Settings::default())
+}
+
+/// Effects without the log lines, which only inform.
+fn acts(fx: &[Effect]) -> Vec<Effect> {
+    fx.iter()
+        .filter(|e| !matches!(e, Effect::Log { .. }))
+        .cloned()
+        .collect()
+}
+
+fn draining(st: &State) -> &Drain {
+    match &st.phase {
+        Phase::Draining(d) => d,
+        other => panic!("not draining: {other:?}"),
+    }
+}
+
+/// A spot drain that ECS accepted.
+fn spot_draining() -> State {
+    let (st, _) = run(&State::default(), Input::Notice(spot(120)), 0);
+    let (st, _) = run(&st, Input::Done(Done::SetDraining(Ok(()))), 1);
+    st
+}
+
+/// An Auto Scaling drain with its hook found (seen at t=0).
+fn asg_pending() -> State {
+    let (st, _) = run(
+        &State::default(),
+        Input::Notice(Notice::AutoScalingTerminated { seen_at: t(0) }),
+        0,
+    );
+    let (st, _) = run(&st, Input::Done(Done::SetDraining(Ok(()))), 0);
+    let (st, _) = run(&st, Input::Done(Done::FindHook(Ok(Some(hook())))), 0);
+    st
+}
+
+fn transient(m: &str) -> Failure {
+    Failure::new(FailureKind::Transient, m)
+}
+
+fn permanent(m: &str) -> Failure {
+    Failure::new(FailureKind::Permanent, m)
+}
+
+#[test]
+fn spot_notice_drains_at_once_with_the_notice_time_as_deadline() {
+    let (st, fx) = run(&State::default(), Input::Notice(spot(120)), 0);
+    assert_eq!(acts(&fx), vec![Effect::SetDraining, Effect::PublishNow]);
+    let d = draining(&st);
+    assert_eq!(d.deadline, Some(t(120)));
+    assert!(!d.ecs_draining);
+    assert_eq!(d.lifecycle, Lifecycle::None);
+}
+
+#[test]
+fn spot_configured_to_report_only_logs() {
+    let s = Settings {
+        on_spot: Reaction::Report,
+        ..Settings::default()
+    };
+    let (st, fx) = step(&State::default(), Input::Notice(spot(120)), t(0), &s);
+    assert_eq!(st.phase, Phase::Active);
+    assert!(acts(&fx).is_empty());
+    assert!(
+        matches!(&fx[0], Effect::Log { level: Level::Warn, message } if message.contains("report"))
+    );
+    // Reported once: the same notice again says nothing.
+    let (_, fx) = step(&st, Input::Notice(spot(120)), t(1), &s);
+    assert!(fx.is_empty());
+}
+
+#[test]
+fn the_same_notice_many_times_is_one_drain() {
+    let mut st = State::default();
+    let mut set_draining = 0;
+    for i in 0..10 {
+        let (next, fx) = run(&st, Input::Notice(spot(120)), i);
+        set_draining += fx.iter().filter(|e| **e == Effect::SetDraining).count();
+        st = next;
+    }
+    assert_eq!(set_draining, 1);
+}
+
+#[test]
+fn a_second_kind_of_notice_joins_the_running_drain() {
+    let st = spot_draining();
+    let (st, fx) = run(
+        &st,
+        Input::Notice(Notice::AutoScalingTerminated { seen_at: t(5) }),
+        5,
+    );
+    assert_eq!(acts(&fx), vec![Effect::FindHook]);
+    let d = draining(&st);
+    assert_eq!(d.reasons.len(), 2);
+    assert_eq!(d.lifecycle, Lifecycle::Finding { seen_at: t(5) });
+    assert!(d.ecs_draining, "DRAINING is not sent again");
+}
+
+#[test]
+fn set_draining_is_retried_on_the_next_tick_after_a_transient_failure() {
+    let (st, _) = run(&State::default(), Input::Notice(spot(120)), 0);
+    let (st, fx) = run(
+        &st,
+        Input::Done(Done::SetDraining(Err(transient("throttled")))),
+        0,
+    );
+    assert!(acts(&fx).is_empty());
+    let (st, fx) = run(&st, Input::Tick { tasks: None }, 5);
+    assert_eq!(acts(&fx), vec![Effect::SetDraining]);
+    let (st, _) = run(&st, Input::Done(Done::SetDraining(Ok(()))), 5);
+    assert!(draining(&st).ecs_draining);
+}
+
+#[test]
+fn tasks_gone_without_lifecycle_is_drained() {
+    let st = spot_draining();
+    let (st, fx) = run(&st, Input::Tick { tasks: Some(2) }, 5);
+    assert!(acts(&fx).is_empty());
+    assert_eq!(draining(&st).tasks_remaining, Some(2));
+    let (st, fx) = run(&st, Input::Tick { tasks: Some(0) }, 10);
+    assert_eq!(acts(&fx), vec![Effect::PublishNow]);
+    assert!(matches!(st.phase, Phase::Drained { forced: false, .. }));
+}
+
+#[test]
+fn unknown_task_count_never_ends_a_drain() {
+    let st = spot_draining();
+    let (st, _) = run(&st, Input::Tick { tasks: Some(3) }, 5);
+    let (st, fx) = run(&st, Input::Tick { tasks: None }, 10);
+    assert!(acts(&fx).is_empty());
+    assert_eq!(
+        draining(&st).tasks_remaining,
+        Some(3),
+        "the last count is kept"
+    );
+}
+
+#[test]
+fn tasks_at_zero_before_ecs_accepted_draining_is_not_drained() {
+    let (st, _) = run(&State::default(), Input::Notice(spot(120)), 0);
+    let (st, fx) = run(&st, Input::Tick { tasks: Some(0) }, 5);
+    assert_eq!(acts(&fx), vec![Effect::SetDraining]);
+    assert!(matches!(st.phase, Phase::Draining(_)));
+}
+
+#[test]
+fn spot_deadline_passing_ends_the_wait_loudly() {
+    let st = spot_draining();
+    let (st, fx) = run(&st, Input::Tick { tasks: Some(2) }, 121);
+    assert!(matches!(st.phase, Phase::Drained { forced: true, .. }));
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Log {
+            level: Level::Error,
+            ..
+        }
+    )));
+    assert!(fx.contains(&Effect::PublishNow));
+}
+
+#[test]
+fn autoscaling_terminated_drains_and_finds_the_hook() {
+    let (st, fx) = run(
+        &State::default(),
+        Input::Notice(Notice::AutoScalingTerminated { seen_at: t(0) }),
+        0,
+    );
+    assert_eq!(
+        acts(&fx),
+        vec![Effect::SetDraining, Effect::PublishNow, Effect::FindHook]
+    );
+    assert_eq!(draining(&st).reasons, vec![Reason::AutoScaling]);
+}
+
+#[test]
+fn hook_lookup_is_retried_after_a_transient_failure_and_no_hook_means_nothing_to_complete() {
+    let (st, _) = run(
+        &State::default(),
+        Input::Notice(Notice::AutoScalingTerminated { seen_at: t(0) }),
+        0,
+    );
+    let (st, _) = run(&st, Input::Done(Done::SetDraining(Ok(()))), 0);
+    let (st, _) = run(&st, Input::Done(Done::FindHook(Err(transient("5xx")))), 0);
+    let (st, fx) = run(&st, Input::Tick { tasks: Some(0) }, 5);
+    assert_eq!(
+        acts(&fx),
+        vec![Effect::FindHook],
+        "not drained before the hook is known"
+    );
+    assert!(matches!(st.phase, Phase::Draining(_)));
+    let (st, _) = run(&st, Input::Done(Done::FindHook(Ok(None))), 5);
+    assert_eq!(draining(&st).lifecycle, Lifecycle::NoHook);
+    let (st, _) = run(&st, Input::Tick { tasks: Some(0) }, 10);
+    assert!(matches!(st.phase, Phase::Drained { forced: false, .. }));
+}
+
+#[test]
+fn heartbeats_at_a_third_of_the_timeout_while_tasks_remain() {
+    let st = asg_pending();
+    let (st, fx) = run(&st, Input::Tick { tasks: Some(1) }, 50);
+    assert!(acts(&fx).is_empty(), "100 s between heartbeats");
+    let (st, fx) = run(&st, Input::Tick { tasks: Some(1) }, 100);
+    assert_eq!(acts(&fx), vec![Effect::Heartbeat(hook())]);
+    let (st, _) = run(&st, Input::Done(Done::Heartbeat(Ok(()))), 100);
+    let (st, fx) = run(&st, Input::Tick { tasks: Some(1) }, 150);
+    assert!(acts(&fx).is_empty());
+    let (_, fx) = run(&st, Input::Tick { tasks: Some(1) }, 200);
+    assert_eq!(acts(&fx), vec![Effect::Heartbeat(hook())]);
+}
+
+#[test]
+fn a_failed_heartbeat_is_tried_again_on_the_next_tick() {
+    let st = asg_pending();
+    let (st, _) = run(&st, Input::Tick { tasks: Some(1) }, 100);
+    let (st, _) = run(
+        &st,
+        Input::Done(Done::Heartbeat(Err(transient("timeout")))),
+        100,
+    );
+    let (_, fx) = run(&st, Input::Tick { tasks: Some(1) }, 105);
+    assert_eq!(acts(&fx), vec![Effect::Heartbeat(hook())]);
+}
+
+#[test]
+fn tasks_gone_completes_the_lifecycle_action_once_with_continue() {
+    let st = asg_pending();
+    let (st, fx) = run(&st, Input::Tick { tasks: Some(0) }, 30);
+    assert_eq!(
+        acts(&fx),
+        vec![Effect::Complete(hook(), LifecycleResult::Continue)]
+    );
+    assert!(matches!(
+        draining(&st).lifecycle,
+        Lifecycle::Completing { .. }
+    ));
+    // Ticks while the call is in flight do not send it again.
+    let (st2, fx) = run(&st, Input::Tick { tasks: Some(0) }, 31);
+    assert!(acts(&fx).is_empty());
+    assert_eq!(st2, st);
+    let (st, fx) = run(&st, Input::Done(Done::Complete(Ok(()))), 31);
+    assert_eq!(acts(&fx), vec![Effect::PublishNow]);
+    match &st.phase {
+        Phase::Drained {
+            drain,
+            forced: false,
+            ..
+        } => assert!(matches!(
+            drain.lifecycle,
+            Lifecycle::Completed {
+                result: LifecycleResult::Continue,
+                ..
+            }
+        )),
+        other => panic!("{other:?}"),
+    }
+    let (_, fx) = run(&st, Input::Tick { tasks: Some(0) }, 40);
+    assert!(acts(&fx).is_empty());
+}
+
+#[test]
+fn a_throttled_completion_is_retried_but_an_unanswered_one_is_not() {
+    let st = asg_pending();
+    let (st, _) = run(&st, Input::Tick { tasks: Some(0) }, 30);
+    let (st, _) = run(
+        &st,
+        Input::Done(Done::Complete(Err(transient("Throttling")))),
+        30,
+    );
+    assert!(
+        matches!(draining(&st).lifecycle, Lifecycle::Pending { seen_at, .. } if seen_at == t(0))
+    );
+    let (st, fx) = run(&st, Input::Tick { tasks: Some(0) }, 35);
+    assert_eq!(
+        acts(&fx),
+        vec![Effect::Complete(hook(), LifecycleResult::Continue)]
+    );
+    let (st, _) = run(
+        &st,
+        Input::Done(Done::Complete(Err(Failure::new(
+            FailureKind::Unknown,
+            "timed out",
+        )))),
+        36,
+    );
+    assert!(
+        matches!(&st.phase, Phase::Drained { drain, .. } if matches!(drain.lifecycle, Lifecycle::Uncertain { .. }))
+    );
+    let (_, fx) = run(&st, Input::Tick { tasks: Some(0) }, 40);
+    assert!(acts(&fx).is_empty());
+}
+
+#[test]
+fn near_the_global_timeout_the_action_is_completed_anyway() {
+    let st = asg_pending();
+    // 300 s × 100 = 30 000 s; completed one margin (2 × check interval) before it.
+    let (_, fx) = run(&st, Input::Tick { tasks: Some(4) }, 30_000 - 11);
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Complete(..))));
+    let (st, fx) = run(&st, Input::Tick { tasks: Some(4) }, 30_000 - 10);
+    assert_eq!(
+        acts(&fx),
+        vec![Effect::Complete(hook(), LifecycleResult::Continue)]
+    );
+    assert!(fx.iter().any(|e| matches!(e, Effect::Log { level: Level::Error, message } if message.contains("global timeout"))));
+    let (st, _) = run(&st, Input::Done(Done::Complete(Ok(()))), 30_000);
+    assert!(matches!(st.phase, Phase::Drained { forced: true, .. }));
+}
+
+#[test]
+fn global_timeout_is_capped_at_48_hours() {
+    let long = Hook {
+        heartbeat_timeout: Duration::from_secs(7200),
+        ..hook()
+    };
+    assert_eq!(long.global_timeout(), MAX_GLOBAL_TIMEOUT);
+}
+
+#[test]
+fn permanent_failure_abandons_a_pending_lifecycle_action_by_default() {
+    let st = asg_pending();
+    let (st, fx) = run(
+        &st,
+        Input::Done(Done::Heartbeat(Err(permanent("AccessDenied")))),
+        10,
+    );
+    assert_eq!(
+        acts(&fx),
+        vec![
+            Effect::Complete(hook(), LifecycleResult::Abandon),
+            Effect::PublishNow
+        ]
+    );
+    assert!(matches!(st.phase, Phase::Failed { .. }));
+    let (st, _) = run(&st, Input::Done(Done::Complete(Ok(()))), 11);
+    match &st.phase {
+        Phase::Failed { drain, .. } => assert!(matches!(
+            drain.lifecycle,
+            Lifecycle::Completed {
+                result: LifecycleResult::Abandon,
+                ..
+            }
+        )),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn permanent_failure_with_stay_draining_leaves_the_action_to_time_out() {
+    let s = Settings {
+        on_failure: FailureAction::StayDraining,
+        ..Settings::default()
+    };
+    let st = asg_pending();
+    let (st, fx) = step(
+        &st,
+        Input::Done(Done::Heartbeat(Err(permanent("denied")))),
+        t(10),
+        &s,
+    );
+    assert_eq!(acts(&fx), vec![Effect::PublishNow]);
+    assert!(
+        matches!(&st.phase, Phase::Failed { drain, .. } if matches!(drain.lifecycle, Lifecycle::Pending { .. }))
+    );
+    let (_, fx) = step(&st, Input::Tick { tasks: Some(0) }, t(20), &s);
+    assert!(acts(&fx).is_empty(), "a failed drain does nothing more");
+}
+
+#[test]
+fn permanent_set_draining_failure_fails_the_drain() {
+    let (st, _) = run(&State::default(), Input::Notice(spot(120)), 0);
+    let (st, _) = run(
+        &st,
+        Input::Done(Done::SetDraining(Err(permanent("no container instance")))),
+        0,
+    );
+    assert!(
+        matches!(&st.phase, Phase::Failed { error, .. } if error.contains("no container instance"))
+    );
+}
+
+#[test]
+fn rebalance_is_reported_by_default_and_drains_when_configured() {
+    let n = Notice::Rebalance { notice_time: t(0) };
+    let (st, fx) = run(&State::default(), Input::Notice(n.clone()), 0);
+    assert_eq!(st.phase, Phase::Active);
+    assert!(acts(&fx).is_empty());
+    let s = Settings {
+        on_rebalance: Reaction::Drain,
+        ..Settings::default()
+    };
+    let (st, _) = step(&State::default(), Input::Notice(n), t(0), &s);
+    assert_eq!(draining(&st).reasons, vec![Reason::Rebalance]);
+    assert_eq!(draining(&st).deadline, None);
+}
+
+#[test]
+fn maintenance_drains_at_not_before_minus_lead_time() {
+    // Lead time 15 min: NotBefore at 3600 → drain from 2700.
+    let n = maintenance(
+        "ev-1",
+        MaintenanceCode::SystemReboot,
+        3600,
+        MaintenanceState::Active,
+    );
+    let (st, fx) = run(&State::default(), Input::Notice(n), 0);
+    assert!(acts(&fx).is_empty());
+    assert_eq!(st.scheduled["ev-1"].drain_at, t(2700));
+    let (st, fx) = run(&st, Input::Tick { tasks: None }, 2699);
+    assert!(acts(&fx).is_empty());
+    let (st, fx) = run(&st, Input::Tick { tasks: None }, 2700);
+    assert_eq!(acts(&fx), vec![Effect::SetDraining, Effect::PublishNow]);
+    assert_eq!(draining(&st).deadline, Some(t(3600)));
+    assert!(st.scheduled.is_empty());
+}
+
+#[test]
+fn maintenance_already_within_the_lead_time_drains_at_once() {
+    let n = maintenance(
+        "ev-1",
+        MaintenanceCode::InstanceRetirement,
+        600,
+        MaintenanceState::Active,
+    );
+    let (st, fx) = run(&State::default(), Input::Notice(n), 0);
+    assert_eq!(acts(&fx), vec![Effect::SetDraining, Effect::PublishNow]);
+    assert!(
+        matches!(&draining(&st).reasons[0], Reason::Maintenance { event_id, .. } if event_id == "ev-1")
+    );
+}
+
+#[test]
+fn every_draining_maintenance_code_drains_and_others_do_not() {
+    for code in [
+        MaintenanceCode::InstanceStop,
+        MaintenanceCode::InstanceRetirement,
+        MaintenanceCode::SystemReboot,
+        MaintenanceCode::InstanceReboot,
+    ] {
+        let (st, _) = run(
+            &State::default(),
+            Input::Notice(maintenance("e", code.clone(), 0, MaintenanceState::Active)),
+            0,
+        );
+        assert!(matches!(st.phase, Phase::Draining(_)), "{code:?}");
+    }
+    for code in [
+        MaintenanceCode::SystemMaintenance,
+        MaintenanceCode::Other("x".into()),
+    ] {
+        let (st, fx) = run(
+            &State::default(),
+            Input::Notice(maintenance("e", code.clone(), 0, MaintenanceState::Active)),
+            0,
+        );
+        assert_eq!(st.phase, Phase::Active, "{code:?}");
+        assert!(acts(&fx).is_empty());
+    }
+}
+
+#[test]
+fn maintenance_canceled_before_its_drain_time_is_forgotten() {
+    let n = maintenance(
+        "ev-1",
+        MaintenanceCode::InstanceStop,
+        3600,
+        MaintenanceState::Active,
+    );
+    let (st, _) = run(&State::default(), Input::Notice(n), 0);
+    let c = maintenance(
+        "ev-1",
+        MaintenanceCode::InstanceStop,
+        3600,
+        MaintenanceState::Canceled,
+    );
+    let (st, fx) = run(&st, Input::Notice(c), 10);
+    assert!(acts(&fx).is_empty());
+    assert!(st.scheduled.is_empty());
+    let (st, fx) = run(&st, Input::Tick { tasks: None }, 3000);
+    assert!(acts(&fx).is_empty());
+    assert_eq!(st.phase, Phase::Active);
+}
+
+#[test]
+fn maintenance_canceled_while_draining_stands_down_to_active() {
+    let n = maintenance(
+        "ev-1",
+        MaintenanceCode::InstanceStop,
+        60,
+        MaintenanceState::Active,
+    );
+    let (st, _) = run(&State::default(), Input::Notice(n), 0);
+    let (st, _) = run(&st, Input::Done(Done::SetDraining(Ok(()))), 0);
+    let c = maintenance(
+        "ev-1",
+        MaintenanceCode::InstanceStop,
+        60,
+        MaintenanceState::Canceled,
+    );
+    let (st, fx) = run(&st, Input::Notice(c), 10);
+    assert_eq!(acts(&fx), vec![Effect::SetActive, Effect::PublishNow]);
+    assert_eq!(st.phase, Phase::Active);
+}
+
+#[test]
+fn maintenance_canceled_does_not_stand_down_a_drain_with_another_reason() {
+    let n = maintenance(
+        "ev-1",
+        MaintenanceCode::InstanceStop,
+        60,
+        MaintenanceState::Active,
+    );
+    let (st, _) = run(&State::default(), Input::Notice(n), 0);
+    let (st, _) = run(&st, Input::Notice(spot(120)), 1);
+    let c = maintenance(
+        "ev-1",
+        MaintenanceCode::InstanceStop,
+        60,
+        MaintenanceState::Canceled,
+    );
+    let (st, fx) = run(&st, Input::Notice(c), 10);
+    assert!(acts(&fx).is_empty());
+    assert_eq!(draining(&st).reasons.len(), 1);
+    assert_eq!(
+        draining(&st).deadline,
+        Some(t(60)),
+        "deadlines only get closer"
+    );
+}
+
+#[test]
+fn a_rescheduled_maintenance_event_moves_its_drain_time() {
+    let n = maintenance(
+        "ev-1",
+        MaintenanceCode::InstanceStop,
+        3600,
+        MaintenanceState::Active,
+    );
+    let (st, _) = run(&State::default(), Input::Notice(n), 0);
+    let later = maintenance(
+        "ev-1",
+        MaintenanceCode::InstanceStop,
+        7200,
+        MaintenanceState::Active,
+    );
+    let (st, _) = run(&st, Input::Notice(later), 10);
+    assert_eq!(st.scheduled["ev-1"].drain_at, t(6300));
+}
+
+#[test]
+fn manual_drain_and_activate() {
+    let (st, fx) = run(&State::default(), Input::Command(Command::Drain), 0);
+    assert_eq!(acts(&fx), vec![Effect::SetDraining, Effect::PublishNow]);
+    assert_eq!(draining(&st).reasons, vec![Reason::Manual]);
+    let (st, fx) = run(&st, Input::Command(Command::Activate), 5);
+    assert_eq!(acts(&fx), vec![Effect::SetActive, Effect::PublishNow]);
+    assert_eq!(st.phase, Phase::Active);
+}
+
+#[test]
+fn activate_does_not_forget_handled_notices() {
+    let st = spot_draining();
+    let (st, _) = run(&st, Input::Command(Command::Activate), 5);
+    let (st, fx) = run(&st, Input::Notice(spot(120)), 6);
+    assert!(fx.is_empty());
+    assert_eq!(st.phase, Phase::Active);
+}
+
+#[test]
+fn activate_refuses_while_a_completion_is_in_flight() {
+    let st = asg_pending();
+    let (st, _) = run(&st, Input::Tick { tasks: Some(0) }, 30);
+    let (st2, fx) = run(&st, Input::Command(Command::Activate), 31);
+    assert!(acts(&fx).is_empty());
+    assert_eq!(st2.phase, st.phase);
+}
+
+#[test]
+fn restart_from_active_does_nothing() {
+    let (st, fx) = run(&State::default(), Input::Restarted, 0);
+    assert_eq!(st, State::default());
+    assert!(fx.is_empty());
+}
+
+#[test]
+fn restart_while_draining_resumes_and_sends_draining_again() {
+    let st = asg_pending();
+    let (st, fx) = run(&st, Input::Restarted, 50);
+    assert_eq!(acts(&fx), vec![Effect::SetDraining]);
+    assert!(matches!(draining(&st).lifecycle, Lifecycle::Pending { .. }));
+    // And it carries on: tasks gone → one completion.
+    let (st, _) = run(&st, Input::Done(Done::SetDraining(Ok(()))), 50);
+    let (_, fx) = run(&st, Input::Tick { tasks: Some(0) }, 55);
+    assert_eq!(
+        acts(&fx),
+        vec![Effect::Complete(hook(), LifecycleResult::Continue)]
+    );
+}
+
+#[test]
+fn restart_while_finding_the_hook_looks_again() {
+    let (st, _) = run(
+        &State::default(),
+        Input::Notice(Notice::AutoScalingTerminated { seen_at: t(0) }),
+        0,
+    );
+    let (st, _) = run(&st, Input::Restarted, 5);
+    let (st, _) = run(&st, Input::Done(Done::SetDraining(Ok(()))), 5);
+    let (_, fx) = run(&st, Input::Tick { tasks: Some(0) }, 10);
+    assert_eq!(acts(&fx), vec![Effect::FindHook]);
+}
+
+#[test]
+fn restart_with_a_completion_in_flight_never_sends_it_again() {
+    let st = asg_pending();
+    let (st, _) = run(&st, Input::Tick { tasks: Some(0) }, 30);
+    let (st, fx) = run(&st, Input::Restarted, 40);
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Complete(..))));
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Log {
+            level: Level::Error,
+            ..
+        }
+    )));
+    match &st.phase {
+        Phase::Drained { drain, .. } => {
+            assert!(matches!(drain.lifecycle, Lifecycle::Uncertain { .. }))
+        }
+        other => panic!("{other:?}"),
+    }
+    let (_, fx) = run(&st, Input::Tick { tasks: Some(0) }, 50);
+    assert!(acts(&fx).is_empty());
+}
+
+#[test]
+fn restart_when_drained_or_failed_stays_there() {
+    let st = spot_draining();
+    let (drained, _) = run(&st, Input::Tick { tasks: Some(0) }, 10);
+    let (again, fx) = run(&drained, Input::Restarted, 20);
+    assert_eq!(again, drained);
+    assert!(fx.is_empty());
+    let (failed, _) = run(&st, Input::Done(Done::SetDraining(Err(permanent("x")))), 10);
+    let (again, fx) = run(&failed, Input::Restarted, 20);
+    assert_eq!(again, failed);
+    assert!(fx.is_empty());
+}
+
+#[test]
+fn restart_after_a_shutdown_drain_returns_to_active() {
+    let (st, _) = run(&State::default(), Input::Command(Command::ShutdownDrain), 0);
+    let (st, _) = run(&st, Input::Done(Done::SetDraining(Ok(()))), 0);
+    let (st, _) = run(&st, Input::Tick { tasks: Some(0) }, 5);
+    assert!(matches!(st.phase, Phase::Drained { .. }));
+    let (st, fx) = run(&st, Input::Restarted, 500);
+    assert_eq!(acts(&fx), vec![Effect::SetActive, Effect::PublishNow]);
+    assert_eq!(st.phase, Phase::Active);
+}
+
+#[test]
+fn state_round_trips_through_json_in_every_phase() {
+    let st = asg_pending();
+    let (completing, _) = run(&st, Input::Tick { tasks: Some(0) }, 30);
+    let (drained, _) = run(&completing, Input::Done(Done::Complete(Ok(()))), 31);
+    let (failed, _) = run(&st, Input::Done(Done::Heartbeat(Err(permanent("x")))), 10);
+    for s in [State::default(), st, completing, drained, failed] {
+        let text = serde_json::to_string(&s).unwrap();
+        let back: State = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, s);
+    }
+}
