@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::chain;
+
 /// What the ECS agent told us; all `None` when it did not answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct EcsAgentView {
@@ -79,18 +81,6 @@ pub enum AgentError {
     Status { url: String, status: u16 },
     #[error("ECS agent introspection {url}: unexpected JSON: {reason}")]
     Body { url: String, reason: String },
-}
-
-/// An error with its causes ("error sending request: … Connection refused").
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        src = s.source();
-    }
-    out
 }
 
 /// Introspection client. Cheap to clone.

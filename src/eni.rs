@@ -13,6 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
+use aws_smithy_types::error::display::DisplayErrorContext;
 use serde::{Deserialize, Serialize};
 
 /// The ENI picture for the snapshot.
@@ -241,7 +242,7 @@ pub async fn max_interfaces(
         .instance_types(aws_sdk_ec2::types::InstanceType::from(instance_type))
         .send()
         .await
-        .map_err(|e| err(crate::aws::display_error(&e)))?;
+        .map_err(|e| err(DisplayErrorContext(&e).to_string()))?;
     let limit = out
         .instance_types()
         .iter()
@@ -274,7 +275,7 @@ pub async fn trunk_attached(
         .await
         .map_err(|e| EniError::DescribeNetworkInterfaces {
             instance_id: instance_id.into(),
-            message: crate::aws::display_error(&e),
+            message: DisplayErrorContext(&e).to_string(),
         })?;
     Ok(out
         .network_interfaces()

@@ -1,4 +1,4 @@
-//! The error a command ends with, and the exit status it maps to.
+//! The error a command ends with, the exit status it maps to, and how an error prints with its causes.
 
 use crate::config::ConfigError;
 
@@ -39,5 +39,69 @@ impl Error {
             Error::Unavailable(_) | Error::Listen { .. } => EX_UNAVAILABLE,
             Error::Runtime(_) => 1,
         }
+    }
+}
+
+/// A plain error with its causes, `outer: cause: root cause`, for errors whose Display alone hides why
+/// (reqwest's "error sending request for url (…)"). A cause whose text the message already holds is
+/// not repeated. AWS SDK errors print with `aws_smithy_types::error::display::DisplayErrorContext`
+/// instead, which adds the error metadata (code, message, request id).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{text}")]
+    struct Layer {
+        text: &'static str,
+        #[source]
+        source: Option<Box<Layer>>,
+    }
+
+    fn layers(texts: &[&'static str]) -> Layer {
+        texts
+            .iter()
+            .rev()
+            .fold(None, |source, text| {
+                Some(Layer {
+                    text,
+                    source: source.map(Box::new),
+                })
+            })
+            .expect("one layer at least")
+    }
+
+    #[test]
+    fn chain_names_every_cause_once() {
+        let e = layers(&[
+            "error sending request",
+            "client error (Connect)",
+            "Connection refused",
+        ]);
+        assert_eq!(
+            chain(&e),
+            "error sending request: client error (Connect): Connection refused"
+        );
+        // A message that already quotes its cause does not print it twice.
+        let e = layers(&[
+            "tcp connect error: Connection refused",
+            "Connection refused",
+        ]);
+        assert_eq!(chain(&e), "tcp connect error: Connection refused");
+        assert_eq!(chain(&layers(&["alone"])), "alone");
     }
 }

@@ -1,39 +1,11 @@
-//! The one retry policy: jittered exponential backoff, and the classifier that decides what is worth
-//! retrying. AWS SDK calls use the SDK's own standard retry layer (configured in `aws`), which applies
-//! the same classification (throttling, 5xx, timeouts transient; other 4xx permanent); this module
-//! serves the HTTP peers the SDK does not cover (IMDS, the ECS agent's introspection API) and the
-//! loops that wait for a peer to come back (Docker, CloudWatch buffering).
+//! The one backoff: jittered exponential delays between tries, for the loops that wait for a peer to
+//! come back (IMDS polls, Docker, the ECS container instance look-up). AWS SDK calls retry in the SDK's
+//! own standard retry layer (configured in `aws`), and what their final error means is
+//! `aws::classify`'s answer.
 
 use std::time::Duration;
 
 use rand::RngExt as _;
-
-/// Whether a failure is worth trying again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
-    Transient,
-    Permanent,
-}
-
-/// HTTP status → class: throttling (429), request timeout (408) and 5xx are transient.
-pub fn classify_status(status: u16) -> Class {
-    match status {
-        408 | 429 | 500..=599 => Class::Transient,
-        _ => Class::Permanent,
-    }
-}
-
-/// reqwest errors: connection failures and timeouts are transient; a bad URL or body is permanent.
-pub fn classify_reqwest(e: &reqwest::Error) -> Class {
-    if let Some(status) = e.status() {
-        return classify_status(status.as_u16());
-    }
-    if e.is_timeout() || e.is_connect() || e.is_request() {
-        Class::Transient
-    } else {
-        Class::Permanent
-    }
-}
 
 /// Exponential backoff with full jitter, capped.
 #[derive(Debug, Clone)]
@@ -81,16 +53,6 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn throttling_and_server_errors_are_transient_client_errors_are_not() {
-        for s in [408, 429, 500, 502, 503, 504] {
-            assert_eq!(classify_status(s), Class::Transient, "{s}");
-        }
-        for s in [400, 401, 403, 404] {
-            assert_eq!(classify_status(s), Class::Permanent, "{s}");
-        }
-    }
 
     #[test]
     fn backoff_grows_to_the_cap_and_resets() {

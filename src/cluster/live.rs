@@ -9,10 +9,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aws_config::SdkConfig;
+use aws_smithy_types::error::display::DisplayErrorContext;
 
 use super::files::{RawResource, holds_eni, instance_from_resources};
 use super::{INSTANCE_TYPE_ATTRIBUTE, Inputs, Instance, TRUNK_ATTRIBUTE};
-use crate::aws::display_error;
 use crate::capacity::TaskShape;
 use crate::error::Error;
 
@@ -23,7 +23,10 @@ const DESCRIBE_TASKS_MAX: usize = 100;
 const DESCRIBE_INSTANCE_TYPES_MAX: usize = 100;
 
 fn failed<E: std::error::Error>(op: &str, cluster: &str, e: E) -> Error {
-    Error::Unavailable(format!("{op} (cluster {cluster}): {}", display_error(&e)))
+    Error::Unavailable(format!(
+        "{op} (cluster {cluster}): {}",
+        DisplayErrorContext(&e)
+    ))
 }
 
 /// Everything the calculator needs for `cluster`. `families` empty = the services' task definitions.

@@ -8,13 +8,15 @@ use aws_config::retry::RetryConfig;
 use aws_sdk_ecs::types::ContainerInstanceStatus;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use futures_util::future::BoxFuture;
 use tokio::sync::{OnceCell, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Effects;
-use super::machine::{Failure, FailureKind, Hook, LifecycleResult};
+use super::machine::{Failure, Hook, LifecycleResult};
+use crate::aws::{self, Outcome};
 use crate::retry::Backoff;
 
 /// Auto Scaling's default HeartbeatTimeout when a hook does not say (3600 s).
@@ -135,7 +137,7 @@ impl AwsEffects {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| classify("ListContainerInstances", &e, true))?;
+            let page = page.map_err(|e| failure("ListContainerInstances", &e))?;
             arns.extend(page.container_instance_arns.unwrap_or_default());
         }
         // The filter is applied by ECS; confirming the instance id guards against an endpoint that
@@ -148,7 +150,7 @@ impl AwsEffects {
                 .set_container_instances(Some(chunk.to_vec()))
                 .send()
                 .await
-                .map_err(|e| classify("DescribeContainerInstances", &e, true))?;
+                .map_err(|e| failure("DescribeContainerInstances", &e))?;
             for ci in out.container_instances.unwrap_or_default() {
                 if ci.ec2_instance_id.as_deref() == Some(t.instance_id.as_str())
                     && let Some(arn) = ci.container_instance_arn
@@ -159,7 +161,7 @@ impl AwsEffects {
             }
         }
         Err(Failure::new(
-            FailureKind::Permanent,
+            Outcome::Rejected,
             format!(
                 "no container instance for EC2 instance {} in cluster {:?} (is the ECS agent registered to this cluster?)",
                 t.instance_id, t.cluster
@@ -178,7 +180,7 @@ impl AwsEffects {
                 .container_instances(&arn)
                 .send()
                 .await
-                .map_err(|e| classify("DescribeContainerInstances", &e, true))?;
+                .map_err(|e| failure("DescribeContainerInstances", &e))?;
             let ci = out
                 .container_instances
                 .unwrap_or_default()
@@ -186,7 +188,7 @@ impl AwsEffects {
                 .next()
                 .ok_or_else(|| {
                     Failure::new(
-                        FailureKind::Permanent,
+                        Outcome::Rejected,
                         format!("container instance {arn} is not in cluster {cluster:?}"),
                     )
                 })?;
@@ -202,7 +204,7 @@ impl AwsEffects {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| classify("ListTasks", &e, true))?;
+            let page = page.map_err(|e| failure("ListTasks", &e))?;
             task_arns.extend(page.task_arns.unwrap_or_default());
         }
         let mut count = 0;
@@ -214,7 +216,7 @@ impl AwsEffects {
                 .set_tasks(Some(chunk.to_vec()))
                 .send()
                 .await
-                .map_err(|e| classify("DescribeTasks", &e, true))?;
+                .map_err(|e| failure("DescribeTasks", &e))?;
             count += out
                 .tasks
                 .unwrap_or_default()
@@ -251,7 +253,7 @@ impl AwsEffects {
                     .instance_ids(&t.instance_id)
                     .send()
                     .await
-                    .map_err(|e| classify("DescribeAutoScalingInstances", &e, true))?;
+                    .map_err(|e| failure("DescribeAutoScalingInstances", &e))?;
                 match out
                     .auto_scaling_instances
                     .unwrap_or_default()
@@ -277,7 +279,7 @@ impl AwsEffects {
         let out = req
             .send()
             .await
-            .map_err(|e| classify("DescribeLifecycleHooks", &e, true))?;
+            .map_err(|e| failure("DescribeLifecycleHooks", &e))?;
         let hooks: Vec<_> = out
             .lifecycle_hooks
             .unwrap_or_default()
@@ -294,7 +296,7 @@ impl AwsEffects {
         let Some(h) = hooks.into_iter().next() else {
             if let Some(name) = &t.lifecycle_hook {
                 return Err(Failure::new(
-                    FailureKind::Permanent,
+                    Outcome::Rejected,
                     format!(
                         "group {group} has no terminating lifecycle hook named {name:?} (drain.lifecycle_hook)"
                     ),
@@ -340,10 +342,10 @@ impl Effects for AwsEffects {
                 .status(status)
                 .send()
                 .await
-                .map_err(|e| classify("UpdateContainerInstancesState", &e, true))?;
+                .map_err(|e| failure("UpdateContainerInstancesState", &e))?;
             if let Some(f) = out.failures.unwrap_or_default().into_iter().next() {
                 return Err(Failure::new(
-                    FailureKind::Permanent,
+                    Outcome::Rejected,
                     format!(
                         "UpdateContainerInstancesState {arn}: {} {}",
                         f.reason.unwrap_or_default(),
@@ -385,7 +387,7 @@ impl Effects for AwsEffects {
                 .instance_id(&self.target.instance_id)
                 .send()
                 .await
-                .map_err(|e| classify("RecordLifecycleActionHeartbeat", &e, true))?;
+                .map_err(|e| failure("RecordLifecycleActionHeartbeat", &e))?;
             tracing::debug!(hook = %hook.name, "lifecycle heartbeat recorded");
             Ok(())
         })
@@ -411,45 +413,23 @@ impl Effects for AwsEffects {
                 )
                 .send()
                 .await
-                .map_err(|e| classify("CompleteLifecycleAction", &e, false))?;
+                .map_err(|e| failure("CompleteLifecycleAction", &e))?;
             Ok(())
         })
     }
 }
 
-/// SDK error → failure kind. A service error with a response was processed by AWS: throttling and
-/// 5xx were not applied (transient), anything else is permanent. Without a response (timeout, lost
-/// connection) the call may have been applied: transient for idempotent calls, unknown otherwise.
-fn classify<E>(op: &str, e: &SdkError<E, HttpResponse>, idempotent: bool) -> Failure
+/// An SDK error as the drain's failure: what the call means for a retry ([`aws::classify`]) and the
+/// error with its whole chain. Whether a call is repeated is the machine's choice: every one that was
+/// not rejected, except CompleteLifecycleAction, repeated only when it was certainly not applied.
+fn failure<E>(op: &str, e: &SdkError<E, HttpResponse>) -> Failure
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let message = format!("{op}: {}", crate::aws::display_error(e));
-    let kind = match e {
-        SdkError::ServiceError(ctx) => {
-            let status = ctx.raw().status().as_u16();
-            let throttled = matches!(
-                ctx.err().code(),
-                Some(
-                    "Throttling"
-                        | "ThrottlingException"
-                        | "RequestLimitExceeded"
-                        | "TooManyRequestsException"
-                        | "ServerException"
-                )
-            );
-            if throttled || crate::retry::classify_status(status) == crate::retry::Class::Transient
-            {
-                FailureKind::Transient
-            } else {
-                FailureKind::Permanent
-            }
-        }
-        SdkError::ConstructionFailure(_) => FailureKind::Permanent,
-        _ if idempotent => FailureKind::Transient,
-        _ => FailureKind::Unknown,
-    };
-    Failure::new(kind, message)
+    Failure::new(
+        aws::classify(e),
+        format!("{op}: {}", DisplayErrorContext(e)),
+    )
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::aws::Outcome;
 use crate::config::{DrainConfig, FailureAction, Reaction};
 use crate::notice::{MaintenanceCode, MaintenanceState, Notice, SpotAction};
 
@@ -276,24 +277,15 @@ pub enum Done {
     Complete(Result<(), Failure>),
 }
 
+/// A failed effect: what it means for a retry, and what to log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
-    pub kind: FailureKind,
+    pub kind: Outcome,
     pub message: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    /// Known not to have been applied (throttled, 5xx, connection refused): try again later.
-    Transient,
-    /// May or may not have been applied (timeout, lost response).
-    Unknown,
-    /// Will not work by retrying (not found, access denied, validation).
-    Permanent,
-}
-
 impl Failure {
-    pub fn new(kind: FailureKind, message: impl Into<String>) -> Failure {
+    pub fn new(kind: Outcome, message: impl Into<String>) -> Failure {
         Failure {
             kind,
             message: message.into(),
@@ -724,7 +716,7 @@ fn on_done(st: &mut State, done: Done, now: SystemTime, s: &Settings, fx: &mut V
             match other {
                 Done::SetDraining(Ok(())) => d.ecs_draining = true,
                 Done::SetDraining(Err(f)) => {
-                    if f.kind == FailureKind::Permanent {
+                    if f.kind == Outcome::Rejected {
                         fail(
                             st,
                             format!("cannot set DRAINING: {}", f.message),
@@ -773,7 +765,7 @@ fn on_done(st: &mut State, done: Done, now: SystemTime, s: &Settings, fx: &mut V
                     };
                 }
                 Done::FindHook(Err(f)) => {
-                    if f.kind == FailureKind::Permanent {
+                    if f.kind == Outcome::Rejected {
                         fail(
                             st,
                             format!("cannot find the lifecycle hook: {}", f.message),
@@ -794,7 +786,7 @@ fn on_done(st: &mut State, done: Done, now: SystemTime, s: &Settings, fx: &mut V
                     }
                 }
                 Done::Heartbeat(Err(f)) => {
-                    if f.kind == FailureKind::Permanent {
+                    if f.kind == Outcome::Rejected {
                         fail(
                             st,
                             format!("lifecycle heartbeat refused: {}", f.message),
@@ -858,7 +850,7 @@ fn on_completed(
                 at: now,
             };
         }
-        Err(f) if f.kind == FailureKind::Transient => {
+        Err(f) if f.kind == Outcome::NotApplied => {
             // Not applied (throttled or refused before processing): the next tick tries again.
             fx.push(log(
                 Level::Warn,

@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use actions::{AwsEffects, Target};
 pub use machine::{
-    Command, Done, Effect, Failure, FailureKind, Hook, Input, Level, Lifecycle, LifecycleResult,
-    Phase, Settings, State,
+    Command, Done, Effect, Failure, Hook, Input, Level, Lifecycle, LifecycleResult, Phase,
+    Settings, State,
 };
 pub use state::{StateError, Store};
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 
 use crate::config::ImdsConfig;
+use crate::error::chain;
 use crate::instance_id::{InstanceId, ParseInstanceIdError};
 
 const TOKEN_PATH: &str = "/latest/api/token";
@@ -70,11 +71,6 @@ impl Error {
             Error::Missing { .. } => "imds_missing",
             Error::Malformed { .. } => "imds_malformed",
         }
-    }
-
-    /// Whether trying again later may succeed (everything but a bad endpoint and a v2-only refusal).
-    pub fn is_transient(&self) -> bool {
-        !matches!(self, Error::Endpoint { .. } | Error::TokenRefused { .. })
     }
 }
 
@@ -465,21 +461,6 @@ fn parse_macs(body: &str) -> Vec<String> {
         .map(|l| l.trim().trim_end_matches('/').to_string())
         .filter(|l| !l.is_empty())
         .collect()
-}
-
-/// An error with its sources: reqwest's Display alone says "error sending request" and hides why.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = cause.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -9,10 +9,10 @@
 //!   (a material change publishes early by claiming the *next* period, never the current one again).
 //! - **A period is sent once.** CloudWatch does not de-duplicate: the same timestamp, dimensions and
 //!   value sent twice is two samples, and `Sum` counts the host twice. So a request is re-sent only
-//!   when it certainly did not arrive (connection refused, an error response such as throttling or
-//!   5xx); when it may have arrived (a timeout, a connection cut after the body went out) it is not
-//!   retried, neither by the SDK (see [`NoAmbiguousRetry`]) nor by the buffer, and its periods are
-//!   dropped and counted in `Health` as `cloudwatch_ambiguous`. Losing one period of one host is
+//!   when it certainly did not arrive (connection refused, throttling, 503: see
+//!   [`crate::aws::Outcome`]); when it may have arrived (a timeout, a connection cut after the body
+//!   went out, a 500) it is not retried, neither by the SDK (see [`NoAmbiguousRetry`]) nor by the
+//!   buffer, and its periods are dropped and counted in `Health` as `cloudwatch_ambiguous`. Losing one period of one host is
 //!   visible (`Hosts` Sum drops by one, alarms need several periods); a double count is not.
 //! - **Retry in one layer.** Each request goes through the SDK's standard retry (configured in
 //!   `aws.rs`). Periods that could not be sent wait in a bounded buffer (`cloudwatch.buffer_periods`,
@@ -27,16 +27,18 @@ use aws_config::SdkConfig;
 use aws_sdk_cloudwatch::Client;
 use aws_sdk_cloudwatch::config::ProvideCredentials as _;
 use aws_sdk_cloudwatch::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_cloudwatch::operation::put_metric_data::PutMetricDataError;
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 use aws_smithy_runtime_api::client::interceptors::context::InterceptorContext;
-use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::retries::classifiers::{ClassifyRetry, RetryAction};
 use aws_smithy_types::DateTime;
+use aws_smithy_types::error::display::DisplayErrorContext;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Health;
 use super::figures::{HostFigures, METRICS};
+use crate::aws::{self, Outcome};
 use crate::config::{CloudWatchConfig, Config};
 use crate::error::Error;
 
@@ -195,119 +197,29 @@ pub fn batches(datums: Vec<MetricDatum>) -> Vec<Vec<MetricDatum>> {
 // ---------------------------------------------------------------------------------------------
 // Failures
 
-/// What a failed `PutMetricData` means for the periods it carried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// Certainly not stored (no connection, throttled, 5xx, no credentials): keep and send again.
-    Unsent,
-    /// Maybe stored (timeout, connection lost mid-request): sending again could double count.
-    Ambiguous,
-    /// Refused for good (validation, access denied): sending again cannot help.
-    Rejected,
-}
-
-impl Failure {
-    pub fn health_kind(self) -> &'static str {
-        match self {
-            Failure::Unsent => "cloudwatch_unsent",
-            Failure::Ambiguous => "cloudwatch_ambiguous",
-            Failure::Rejected => "cloudwatch_rejected",
-        }
+/// The `Health` error a failed `PutMetricData` is counted as: its periods are kept and sent again
+/// (not applied), dropped as maybe stored, or dropped as refused.
+pub fn health_kind(failure: Outcome) -> &'static str {
+    match failure {
+        Outcome::NotApplied => "cloudwatch_unsent",
+        Outcome::MaybeApplied => "cloudwatch_ambiguous",
+        Outcome::Rejected => "cloudwatch_rejected",
     }
-}
-
-fn is_throttling(code: Option<&str>) -> bool {
-    matches!(
-        code,
-        Some(
-            "Throttling"
-                | "ThrottlingException"
-                | "ThrottledException"
-                | "RequestLimitExceeded"
-                | "LimitExceeded"
-                | "TooManyRequestsException"
-        )
-    )
-}
-
-/// Whether a connection failure happened before anything was sent: refused, or no such host.
-fn never_connected(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            if matches!(io.kind(), ConnectionRefused | AddrNotAvailable | NotFound) {
-                return true;
-            }
-        }
-        // hyper-util reports DNS failures as "dns error"; the resolver's own type is private.
-        // A connect timeout (aws-smithy-http-client: "HTTP connect timeout occurred after …") also
-        // sent nothing; a read timeout or the SDK's attempt timeout may have.
-        let text = err.to_string();
-        if text.contains("dns error")
-            || text.contains("failed to lookup address")
-            || text.contains("connect timeout")
-        {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
-/// Classifies the final error of a `PutMetricData` (after the SDK's own retries).
-pub fn classify<E>(e: &SdkError<E, HttpResponse>) -> Failure
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    match e {
-        SdkError::ConstructionFailure(_) => Failure::Unsent,
-        SdkError::TimeoutError(_) => Failure::Ambiguous,
-        SdkError::DispatchFailure(d) => match d.as_connector_error() {
-            Some(c) if never_connected(c) => Failure::Unsent,
-            _ => Failure::Ambiguous,
-        },
-        // A response came back but could not be read: the request reached CloudWatch.
-        SdkError::ResponseError(_) => Failure::Ambiguous,
-        SdkError::ServiceError(s) => {
-            let err = s.err();
-            if is_throttling(err.code()) {
-                return Failure::Unsent;
-            }
-            match http_status(e) {
-                Some(429) | Some(500..=599) => Failure::Unsent,
-                _ => Failure::Rejected,
-            }
-        }
-        _ => Failure::Ambiguous,
-    }
-}
-
-fn http_status<E>(e: &SdkError<E, HttpResponse>) -> Option<u16> {
-    e.raw_response().map(|r| r.status().as_u16())
 }
 
 /// An SDK retry classifier for `PutMetricData`: forbids the SDK's retry when the failed attempt may
-/// have reached CloudWatch (a timeout, or a connection that broke after it was established), because
-/// a second copy of the same datums would be counted twice by `Sum`. Failures that certainly did not
-/// deliver (refused connection, DNS, an error response) keep the standard retry.
+/// have reached CloudWatch ([`Outcome::MaybeApplied`]: a timeout, a connection that broke after it
+/// was established, a 500), because a second copy of the same datums would be counted twice by
+/// `Sum`. Failures that certainly did not deliver keep the standard retry.
 #[derive(Debug, Default)]
 pub struct NoAmbiguousRetry;
 
 impl ClassifyRetry for NoAmbiguousRetry {
     fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
-        let Some(Err(err)) = ctx.output_or_error() else {
-            return RetryAction::NoActionIndicated;
-        };
-        if err.is_timeout_error() || err.is_response_error() {
-            return RetryAction::RetryForbidden;
+        match aws::classify_attempt::<PutMetricDataError>(ctx) {
+            Some(Outcome::MaybeApplied) => RetryAction::RetryForbidden,
+            _ => RetryAction::NoActionIndicated,
         }
-        if let Some(c) = err.as_connector_error()
-            && !never_connected(c)
-        {
-            return RetryAction::RetryForbidden;
-        }
-        RetryAction::NoActionIndicated
     }
 
     fn name(&self) -> &'static str {
@@ -349,7 +261,7 @@ pub async fn start(sdk: &SdkConfig, cfg: &Config, health: Arc<Health>) -> Result
     if let Err(e) = provider.provide_credentials().await {
         return Err(Error::Unavailable(format!(
             "CloudWatch (region {region}): no AWS credentials: {}: attach an instance role with deploy/iam-policy.json, or set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
-            crate::aws::display_error(&e)
+            DisplayErrorContext(&e)
         )));
     }
     let client = client(sdk);
@@ -374,12 +286,12 @@ pub async fn start(sdk: &SdkConfig, cfg: &Config, health: Arc<Health>) -> Result
     {
         Ok(_) => {}
         Err(e) => {
-            let detail = crate::aws::display_error(&e);
+            let detail = DisplayErrorContext(&e);
             let denied = e
                 .as_service_error()
                 .and_then(|s| s.code())
                 .is_some_and(|c| c.contains("AccessDenied") || c.contains("NotAuthorized"))
-                || http_status(&e) == Some(403);
+                || e.raw_response().is_some_and(|r| r.status().as_u16() == 403);
             let msg = if denied {
                 format!(
                     "CloudWatch (region {region}) denied cloudwatch:PutMetricData in namespace {namespace:?} to these credentials: {detail}. \
@@ -431,7 +343,7 @@ pub struct Publisher {
     claimed: Option<Period>,
 }
 
-type SendResult = (usize, Result<(), Failure>);
+type SendResult = (usize, Result<(), Outcome>);
 
 impl Publisher {
     /// A publisher without the startup check (tests, or a caller that checked otherwise).
@@ -490,7 +402,7 @@ impl Publisher {
                 }
                 done = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
                     in_flight = None;
-                    let (n, result) = done.unwrap_or((0, Err(Failure::Ambiguous)));
+                    let (n, result) = done.unwrap_or((0, Err(Outcome::MaybeApplied)));
                     let resend_now = self.settle(n, result);
                     if resend_now {
                         in_flight = self.send_next();
@@ -553,8 +465,8 @@ impl Publisher {
             match sent {
                 Ok(_) => (n, Ok(())),
                 Err(e) => {
-                    let failure = classify(&e);
-                    tracing::warn!(error = %crate::aws::display_error(&e), ?failure, periods = n, "PutMetricData failed");
+                    let failure = aws::classify(&e);
+                    tracing::warn!(error = %DisplayErrorContext(&e), ?failure, periods = n, "PutMetricData failed");
                     (n, Err(failure))
                 }
             }
@@ -563,7 +475,7 @@ impl Publisher {
 
     /// Applies a send's outcome to the buffer; true when more periods are waiting and the endpoint
     /// just answered (after an outage: the backlog goes out now, one request per ~1,000 datums).
-    fn settle(&mut self, n: usize, result: Result<(), Failure>) -> bool {
+    fn settle(&mut self, n: usize, result: Result<(), Outcome>) -> bool {
         match result {
             Ok(()) => {
                 self.buffer.drain(..n.min(self.buffer.len()));
@@ -571,8 +483,8 @@ impl Publisher {
                 !self.buffer.is_empty()
             }
             Err(f) => {
-                self.health.error(f.health_kind());
-                if f != Failure::Unsent {
+                self.health.error(health_kind(f));
+                if f != Outcome::NotApplied {
                     self.buffer.drain(..n.min(self.buffer.len()));
                 }
                 false

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::SdkConfig;
+use aws_smithy_types::error::display::DisplayErrorContext;
 use rand::RngExt as _;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -23,7 +24,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::volunteer::{self, View, ViewHost};
 use super::{Decision, Observation, Protection, Reason, Settings};
-use crate::aws::display_error;
 use crate::capacity::TaskShape;
 use crate::cluster::{self, Inputs};
 
@@ -38,6 +38,8 @@ pub struct Local {
     pub draining: bool,
     /// The shapes of its non-daemon tasks (what a scale-in would move).
     pub tasks: Vec<TaskShape>,
+    /// How many tasks of daemon families run here.
+    pub daemon_tasks: u64,
     /// The cluster's task shapes (the largest task).
     pub shapes: Vec<TaskShape>,
 }
@@ -73,7 +75,7 @@ impl Protector {
             .instance_ids(instance_id)
             .send()
             .await
-            .map_err(|e| format!("DescribeAutoScalingInstances: {}", display_error(&e)))?;
+            .map_err(|e| format!("DescribeAutoScalingInstances: {}", DisplayErrorContext(&e)))?;
         let Some(found) = out
             .auto_scaling_instances()
             .iter()
@@ -114,7 +116,7 @@ impl Protector {
             .protected_from_scale_in(protected)
             .send()
             .await
-            .map_err(|e| format!("SetInstanceProtection: {}", display_error(&e)))?;
+            .map_err(|e| format!("SetInstanceProtection: {}", DisplayErrorContext(&e)))?;
         Ok(())
     }
 
@@ -126,7 +128,7 @@ impl Protector {
             .auto_scaling_group_names(&self.group)
             .send()
             .await
-            .map_err(|e| format!("DescribeAutoScalingGroups: {}", display_error(&e)))?;
+            .map_err(|e| format!("DescribeAutoScalingGroups: {}", DisplayErrorContext(&e)))?;
         Ok(out
             .auto_scaling_groups()
             .iter()
@@ -238,6 +240,7 @@ pub async fn run(
                         my_tasks: &now.tasks,
                         shapes: &now.shapes,
                         scale_out_threshold: cadence.scale_out_threshold,
+                        daemon_tasks: now.daemon_tasks,
                     });
                     tracing::debug!(?verdict, hosts = hosts.len(), "cluster view judged");
                     core.on_verdict(at(), &verdict);

@@ -121,6 +121,7 @@ fn verdict(me: &str, hosts: &[ViewHost], my_tasks: &[TaskShape]) -> Verdict {
         my_tasks,
         shapes: &[shape(512, 1024)],
         scale_out_threshold: 1.0,
+        daemon_tasks: 0,
     })
 }
 
@@ -167,7 +168,7 @@ fn no_volunteer_when_a_host_is_removable_already() {
     let mut hosts = vec![
         host("i-a", 2, 1024, 2048),
         host("i-b", 1, 512, 1024),
-        host("i-c", 0, 0, 0),
+        host("i-c", 1, 0, 0),
     ];
     hosts[2].protected = false;
     assert_eq!(
@@ -182,6 +183,30 @@ fn no_volunteer_when_a_host_is_removable_already() {
     assert_eq!(
         verdict("i-b", &hosts, &[shape(512, 1024)]),
         Verdict::Volunteer
+    );
+}
+
+#[test]
+fn no_volunteer_while_another_host_is_idle_even_protected() {
+    // i-c runs only its daemon task: it is idle, in its grace or warm-up, and will go by itself.
+    let hosts = [
+        host("i-a", 3, 1024, 2048),
+        host("i-b", 2, 512, 1024),
+        host("i-c", 1, 128, 256),
+    ];
+    let v = judge(&View {
+        me: "i-b",
+        hosts: &hosts,
+        my_tasks: &[shape(512, 1024)],
+        shapes: &[shape(512, 1024)],
+        scale_out_threshold: 1.0,
+        daemon_tasks: 1,
+    });
+    assert_eq!(
+        v,
+        Verdict::IdleHostExists {
+            instance_id: "i-c".into()
+        }
     );
 }
 

@@ -8,8 +8,10 @@
 //!
 //! 1. the cluster has more than a host's worth idle (`IdleHostCapacity` as the alarm sums it:
 //!    Σ_h min_r idle_r(h), strictly above 1);
-//! 2. no other host of the group is removable already (unprotected and InService: an idle host
-//!    or another volunteer — a volunteer is visible to the others as the unprotected busy one);
+//! 2. no other host of the group is idle (at most `daemon_tasks` tasks: it lifts its own
+//!    protection after its grace, or is kept for its launch warm-up) or removable already
+//!    (unprotected and InService: an idle host or another volunteer — a volunteer is visible to
+//!    the others as the unprotected busy one);
 //! 3. this host is the least loaded: fewest tasks, then the least reserved (CPU ‰ + memory ‰ of
 //!    what it registers), then the smallest instance id;
 //! 4. the rest of the cluster can hold its tasks (first fit, largest first, by the capacity
@@ -68,6 +70,9 @@ pub struct View<'a> {
     /// The cluster's task shapes (the largest task is planned for).
     pub shapes: &'a [TaskShape],
     pub scale_out_threshold: f64,
+    /// Tasks of daemon families on this host (`drain.ignore_families`): a host with no more tasks
+    /// than this is idle. ECS's task counts include daemon tasks, which run on every host alike.
+    pub daemon_tasks: u64,
 }
 
 /// The outcome of one judgement.
@@ -82,6 +87,8 @@ pub enum Verdict {
         instance_id: String,
         before_me: bool,
     },
+    /// Another host is idle (it goes by the idle rule; none need volunteer).
+    IdleHostExists { instance_id: String },
     /// A less-loaded busy host exists.
     NotLeastLoaded { instance_id: String },
     /// The others cannot take this host's tasks and keep room for the largest task.
@@ -110,6 +117,11 @@ pub fn judge(v: &View<'_>) -> Verdict {
             .iter()
             .filter(|h| h.instance_id != v.me && h.in_service)
     };
+    if let Some(idle) = others().find(|h| h.tasks <= v.daemon_tasks) {
+        return Verdict::IdleHostExists {
+            instance_id: idle.instance_id.clone(),
+        };
+    }
     // The removable host first in the load order is the one that matters.
     if let Some(r) = others()
         .filter(|h| !h.protected)

@@ -14,4 +14,5 @@ mod install;
 mod listener;
 mod metrics;
 mod protection;
+mod scale_sim;
 mod systemd_notify;

@@ -167,6 +167,7 @@ fn local(busy: bool, tasks: usize) -> Local {
         busy,
         draining: false,
         tasks: vec![web(); tasks],
+        daemon_tasks: 0,
         shapes: vec![web()],
     }
 }

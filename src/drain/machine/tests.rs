@@ -75,11 +75,11 @@ fn asg_pending() -> State {
 }
 
 fn transient(m: &str) -> Failure {
-    Failure::new(FailureKind::Transient, m)
+    Failure::new(Outcome::NotApplied, m)
 }
 
 fn permanent(m: &str) -> Failure {
-    Failure::new(FailureKind::Permanent, m)
+    Failure::new(Outcome::Rejected, m)
 }
 
 #[test]
@@ -317,7 +317,7 @@ fn a_throttled_completion_is_retried_but_an_unanswered_one_is_not() {
     let (st, _) = run(
         &st,
         Input::Done(Done::Complete(Err(Failure::new(
-            FailureKind::Unknown,
+            Outcome::MaybeApplied,
             "timed out",
         )))),
         36,

@@ -322,16 +322,16 @@ async fn no_observation_means_no_period() {
 async fn unsent_periods_stay_ambiguous_and_rejected_ones_go() {
     let f = figures();
     for (failure, left) in [
-        (Failure::Unsent, 2),
-        (Failure::Ambiguous, 0),
-        (Failure::Rejected, 0),
+        (Outcome::NotApplied, 2),
+        (Outcome::MaybeApplied, 0),
+        (Outcome::Rejected, 0),
     ] {
         let mut p = publisher(5);
         p.claim(minute(1), Some(&f));
         p.claim(minute(2), Some(&f));
         assert!(!p.settle(2, Err(failure)));
         assert_eq!(p.buffered_periods(), left, "{failure:?}");
-        assert_eq!(p.health.errors().get(failure.health_kind()), Some(&1));
+        assert_eq!(p.health.errors().get(health_kind(failure)), Some(&1));
     }
     let mut p = publisher(5);
     p.claim(minute(1), Some(&f));

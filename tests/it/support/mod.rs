@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod cfn;
 pub mod cloudwatch;
 pub mod docker;
 pub mod imds;
