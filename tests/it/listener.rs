@@ -72,22 +72,32 @@ async fn two_thousand_idle_connections_starve_neither_healthz_nor_observations()
     .await
     .expect("the daemon observes before the flood");
 
-    let target = addr.clone();
+    let target: std::net::SocketAddr = addr.parse().unwrap();
+    let flood = Instant::now();
     let held = tokio::task::spawn_blocking(move || {
         (0..IDLE_CONNECTIONS)
-            .map(|_| TcpStream::connect(&target))
+            .map(|i| {
+                TcpStream::connect_timeout(&target, Duration::from_secs(10))
+                    .map_err(|e| format!("connection {i}: {e}"))
+            })
             .collect::<Result<Vec<_>, _>>()
     })
     .await
     .unwrap()
-    .expect("2,000 connections to the metrics port");
+    .unwrap_or_else(|e| panic!("{e} after {:?}", flood.elapsed()));
+    println!(
+        "{IDLE_CONNECTIONS} idle connections opened in {:.0} ms",
+        flood.elapsed().as_secs_f64() * 1e3
+    );
     // Let the daemon accept them all.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let mut took = Vec::new();
     for _ in 0..5 {
         let start = Instant::now();
-        let (status, body) = get(&addr, "/healthz").await.expect("/healthz answers");
+        let (status, body) = get(&addr, "/healthz")
+            .await
+            .unwrap_or_else(|e| panic!("/healthz does not answer under the flood: {e}"));
         took.push(start.elapsed());
         assert_eq!(status, 200, "{body}");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -122,6 +132,16 @@ async fn two_thousand_idle_connections_starve_neither_healthz_nor_observations()
     drop(held);
 
     sigterm(&child);
-    let status = child.wait().unwrap();
+    let stopping = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if stopping.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("the daemon did not stop within 10 s of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(status.success(), "{status}");
 }
