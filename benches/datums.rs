@@ -51,6 +51,7 @@ fn host(i: usize) -> HostFigures {
         eni_limit: Some(4),
         running_tasks: 5,
         draining: false,
+        removable: Some(false),
     }
 }
 

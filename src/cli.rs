@@ -242,14 +242,14 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             let loaded = load_config(config.config.as_deref())?;
             crate::logging::init(&loaded.config.log);
             runtime()?.block_on(async {
-                let mut report = crate::daemon::observe_once(&loaded.config).await?;
+                let mut status = crate::daemon::observe_once(&loaded.config).await?;
                 // The daemon's drain, as its state file records it. A state file that cannot be
                 // read leaves the drain out of the report and fails the command, naming the file.
                 let drain = crate::drain::status_from_disk(&loaded.config.agent.state_dir);
-                report.drain = drain.as_ref().ok().cloned();
+                status.drain = drain.as_ref().ok().cloned();
                 match output {
-                    Output::Table => print!("{}", report.to_table()),
-                    Output::Json => println!("{}", report.to_json()),
+                    Output::Table => print!("{}", status.to_table()),
+                    Output::Json => println!("{}", status.to_json()),
                 }
                 drain.map(|_| ()).map_err(|e| match e {
                     crate::drain::StateError::Parse { .. } => Error::Input(e.to_string()),

@@ -11,11 +11,12 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, Loaded, SinkKind, Toggle};
 use crate::drain::{AwsEffects, DrainStatus, Runner, Settings, Store, Target};
 use crate::error::Error;
+use crate::health::Health;
 use crate::host::{self, InstanceFacts, Observer, Snapshot};
 use crate::imds;
+use crate::metrics;
 use crate::metrics::figures::{HostFacts, HostFigures};
-use crate::metrics::{self, Health};
-use crate::report::Report;
+use crate::status::HostStatus;
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
@@ -93,8 +94,8 @@ pub async fn observe(cfg: &Config) -> Result<Snapshot, Error> {
     host::observe_once(cfg).await
 }
 
-pub async fn observe_once(cfg: &Config) -> Result<Report, Error> {
-    Ok(Report::assess(observe(cfg).await?, &cfg.capacity))
+pub async fn observe_once(cfg: &Config) -> Result<HostStatus, Error> {
+    Ok(HostStatus::assess(observe(cfg).await?, &cfg.capacity))
 }
 
 /// What the drain side hands the rest of the daemon.
@@ -111,7 +112,7 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let health = Arc::new(Health::default());
-    let (report_tx, report_rx) = watch::channel::<Option<Arc<Report>>>(None);
+    let (report_tx, report_rx) = watch::channel::<Option<Arc<HostStatus>>>(None);
     let (families_tx, families_rx) = watch::channel::<Option<Vec<String>>>(None);
     let (figures_tx, figures_rx) = watch::channel::<Option<Arc<HostFigures>>>(None);
     let publish_now = Arc::new(Notify::new());
@@ -279,7 +280,7 @@ async fn observe_loop(
     cfg: Arc<Config>,
     observer: Observer,
     health: Arc<Health>,
-    report_tx: watch::Sender<Option<Arc<Report>>>,
+    report_tx: watch::Sender<Option<Arc<HostStatus>>>,
     families_tx: watch::Sender<Option<Vec<String>>>,
     figures_tx: watch::Sender<Option<Arc<HostFigures>>>,
     mut drain: Option<watch::Receiver<DrainStatus>>,
@@ -316,7 +317,7 @@ async fn observe_loop(
         match observer.snapshot().await {
             Ok(snapshot) => {
                 families_tx.send_replace(Some(snapshot.task_families()));
-                let mut report = Report::assess(snapshot, &cfg.capacity);
+                let mut report = HostStatus::assess(snapshot, &cfg.capacity);
                 report.drain = drain
                     .as_mut()
                     .map(|status| status.borrow_and_update().clone());
@@ -353,7 +354,7 @@ async fn drain_changed(drain: Option<&mut watch::Receiver<DrainStatus>>) -> Opti
 }
 
 /// This host's published figures: its capacity report plus identity, usage, ENIs, tasks, drain.
-fn figures_of(cfg: &Config, report: &Report) -> HostFigures {
+fn figures_of(cfg: &Config, report: &HostStatus) -> HostFigures {
     let s = &report.snapshot;
     let non_empty = |v: &str| (!v.trim().is_empty()).then(|| v.trim().to_string());
     let facts = HostFacts {
@@ -371,11 +372,12 @@ fn figures_of(cfg: &Config, report: &Report) -> HostFigures {
         eni_limit: s.eni.limit,
         running_tasks: u32::try_from(s.tasks.len()).unwrap_or(u32::MAX),
         draining: report.drain.as_ref().is_some_and(DrainStatus::is_draining),
+        removable: None,
     };
     HostFigures::from_host(facts, &report.capacity)
 }
 
-fn print_report(report: &Report) {
+fn print_report(report: &HostStatus) {
     use std::io::{IsTerminal, Write};
     let mut out = std::io::stdout().lock();
     let text = if out.is_terminal() {

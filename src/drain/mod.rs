@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::BoxFuture;
 use serde::{Serialize, Serializer};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use actions::{AwsEffects, Target};
@@ -29,7 +29,7 @@ pub use machine::{
 };
 pub use state::{StateError, Store};
 
-use crate::metrics::Health;
+use crate::health::Health;
 use crate::notice::Notice;
 
 /// What the drain does on AWS. Implemented by `AwsEffects`; tests substitute their own.
@@ -153,7 +153,7 @@ impl DrainStatus {
                     .iter()
                     .map(|(id, e)| ScheduledStatus {
                         event_id: id.clone(),
-                        code: e.code.clone(),
+                        code: e.code.to_string(),
                         not_before: e.not_before,
                         drain_at: e.drain_at,
                     })
@@ -241,9 +241,9 @@ pub fn status_from_disk(state_dir: &Path) -> Result<DrainStatus, StateError> {
 
 /// What the daemon's other parts hold on to.
 pub struct Handles {
+    /// Changes with every step that changes the drain; the daemon publishes its figures at once on
+    /// a change, so a drain that starts or ends is in the next metrics.
     pub status: watch::Receiver<DrainStatus>,
-    /// Notified when a drain starts or ends, so metrics are published at once.
-    pub publish_now: Arc<Notify>,
 }
 
 /// Feeds the machine (notices, periodic checks, effect outcomes) and performs its effects.
@@ -253,7 +253,6 @@ pub struct Runner {
     effects: Box<dyn Effects>,
     health: Arc<Health>,
     status: watch::Sender<DrainStatus>,
-    publish_now: Arc<Notify>,
 }
 
 impl Runner {
@@ -271,22 +270,14 @@ impl Runner {
                     scheduled: Vec::new(),
                 });
         let (status, status_rx) = watch::channel(initial);
-        let publish_now = Arc::new(Notify::new());
         let runner = Runner {
             settings,
             store,
             effects: Box::new(effects),
             health,
             status,
-            publish_now: publish_now.clone(),
         };
-        (
-            runner,
-            Handles {
-                status: status_rx,
-                publish_now,
-            },
-        )
+        (runner, Handles { status: status_rx })
     }
 
     /// Runs until `token` is cancelled. Resumes whatever drain the state directory holds.
@@ -400,10 +391,6 @@ impl Runner {
                 let r = self.effects.complete(&hook, result).await;
                 failed("drain_complete", &r);
                 Some(Done::Complete(r))
-            }
-            Effect::PublishNow => {
-                self.publish_now.notify_one();
-                None
             }
             Effect::Log { level, message } => {
                 match level {

@@ -58,7 +58,7 @@ pub enum Error {
 }
 
 impl Error {
-    /// A short name for `metrics::Health::error`.
+    /// A short name for `health::Health::error`.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Endpoint { .. } => "imds_endpoint",
@@ -226,15 +226,9 @@ impl Client {
         let bytes = crate::bounded::body(resp, crate::bounded::IMDS_BODY_MAX_BYTES)
             .await
             .map_err(|e| match e {
-                crate::bounded::BodyError::Read(e) if e.is_timeout() => Error::Timeout {
-                    url: url.to_string(),
-                    timeout: self.timeout,
-                },
-                crate::bounded::BodyError::Read(e) => Error::Request {
-                    method,
-                    url: url.to_string(),
-                    cause: chain(&e),
-                },
+                crate::bounded::BodyError::Read(e) => {
+                    unanswered(method, url, &e, self.timed_out(url))
+                }
                 e @ crate::bounded::BodyError::TooLarge { .. } => Error::Request {
                     method,
                     url: url.to_string(),
@@ -249,25 +243,16 @@ impl Client {
         if let Some(t) = token {
             req = req.header(TOKEN_HEADER, t);
         }
-        req.send().await.map_err(|e| {
-            if e.is_connect() {
-                Error::Unreachable {
-                    url: url.to_string(),
-                    cause: chain(&e),
-                }
-            } else if e.is_timeout() {
-                Error::Timeout {
-                    url: url.to_string(),
-                    timeout: self.timeout,
-                }
-            } else {
-                Error::Request {
-                    method: "GET",
-                    url: url.to_string(),
-                    cause: chain(&e),
-                }
-            }
-        })
+        req.send()
+            .await
+            .map_err(|e| unanswered("GET", url, &e, self.timed_out(url)))
+    }
+
+    fn timed_out(&self, url: &str) -> Error {
+        Error::Timeout {
+            url: url.to_string(),
+            timeout: self.timeout,
+        }
     }
 
     /// The session token to send (`None` in IMDSv1 mode). `force` discards the cached one.
@@ -323,25 +308,13 @@ impl Client {
             .send()
             .await
             .map_err(|e| {
-                if e.is_connect() {
-                    Error::Unreachable {
-                        url: url.clone(),
-                        cause: chain(&e),
-                    }
-                } else if e.is_timeout() {
-                    // The hop-limit case: the PUT reaches IMDS but its answer (IP TTL 1) dies one
-                    // hop short of a container's network namespace, so it simply never arrives.
-                    Error::Unreachable {
-                        url: url.clone(),
-                        cause: format!("no answer to the token request within {:?}", self.timeout),
-                    }
-                } else {
-                    Error::Request {
-                        method: "PUT",
-                        url: url.clone(),
-                        cause: chain(&e),
-                    }
-                }
+                // The hop-limit case: the PUT reaches IMDS but its answer (IP TTL 1) dies one hop
+                // short of a container's network namespace, so it simply never arrives.
+                let no_answer = Error::Unreachable {
+                    url: url.clone(),
+                    cause: format!("no answer to the token request within {:?}", self.timeout),
+                };
+                unanswered("PUT", &url, &e, no_answer)
             })?;
         let status = resp.status();
         if status.is_success() {
@@ -448,6 +421,25 @@ impl Client {
         }
         out.sort_by_key(|i| i.device_number);
         Ok(out)
+    }
+}
+
+/// A request IMDS did not answer: refused or unroutable (`Unreachable`), no answer in time
+/// (`on_timeout`), or failed otherwise (`Request`).
+fn unanswered(method: &'static str, url: &str, e: &reqwest::Error, on_timeout: Error) -> Error {
+    if e.is_connect() {
+        Error::Unreachable {
+            url: url.to_string(),
+            cause: chain(e),
+        }
+    } else if e.is_timeout() {
+        on_timeout
+    } else {
+        Error::Request {
+            method,
+            url: url.to_string(),
+            cause: chain(e),
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! One host's published figures, and the table of metrics they become.
 //!
 //! `HostFigures` is plain data, filled from a `host::Snapshot`, the host's
-//! `capacity::HostReport` and the drain status (see [`HostFigures::from_host`]); the CloudWatch
+//! `capacity::HostCapacity` and the drain status (see [`HostFigures::from_host`]); the CloudWatch
 //! encoding (`cloudwatch::datums`) and the Prometheus exposition both read only this struct, so the
 //! two sinks can never disagree.
 
@@ -15,7 +15,7 @@ pub const RESOURCES: [&str; 5] = ["cpu", "memory", "ports", "ports_udp", "eni"];
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HostFigures {
-    #[serde(with = "crate::report::rfc3339")]
+    #[serde(with = "crate::rfc3339")]
     pub at: SystemTime,
     pub cluster: String,
     pub instance_id: String,
@@ -37,6 +37,10 @@ pub struct HostFigures {
     pub eni_limit: Option<u32>,
     pub running_tasks: u32,
     pub draining: bool,
+    /// Counts in the scale-in alarm's `RemovableHosts`: unprotected and idle, or the volunteer
+    /// (always, 0 while draining, when protection is managed by nobody); `None` when this host is
+    /// in no Auto Scaling group (nothing published).
+    pub removable: Option<bool>,
 }
 
 /// What `from_host` needs besides the capacity figures: identity, usage, ENIs, tasks and drain state,
@@ -55,6 +59,7 @@ pub struct HostFacts {
     pub eni_limit: Option<u32>,
     pub running_tasks: u32,
     pub draining: bool,
+    pub removable: Option<bool>,
 }
 
 /// A metric as published: CloudWatch name and unit, Prometheus name, what it means.
@@ -70,7 +75,7 @@ pub struct MetricDef {
 }
 
 /// Every metric this daemon publishes. README.md "Metrics" documents the same table.
-pub const METRICS: [MetricDef; 12] = [
+pub const METRICS: [MetricDef; 13] = [
     MetricDef {
         name: "ContainerCapacity",
         unit: "Count",
@@ -142,6 +147,13 @@ pub const METRICS: [MetricDef; 12] = [
         by_resource: false,
     },
     MetricDef {
+        name: "RemovableHosts",
+        unit: "Count",
+        prometheus: "ecs_capacity_removable",
+        help: "1 while Auto Scaling may take this host without moving tasks it should keep (unprotected and idle, or the scale-in volunteer), else 0 (Sum over {ClusterName} gates the scale-in alarm).",
+        by_resource: false,
+    },
+    MetricDef {
         name: "Hosts",
         unit: "Count",
         prometheus: "ecs_capacity_hosts",
@@ -177,6 +189,7 @@ impl HostFigures {
             "ENILimit" => self.eni_limit.map(f64::from),
             "RunningTasks" => Some(f64::from(self.running_tasks)),
             "Draining" => Some(if self.draining { 1.0 } else { 0.0 }),
+            "RemovableHosts" => self.removable.map(|r| if r { 1.0 } else { 0.0 }),
             "Hosts" => Some(1.0),
             _ => None,
         }
@@ -210,10 +223,10 @@ impl HostFigures {
     /// A draining host publishes 0 spare tasks and 0 idle fraction: ECS places nothing on a
     /// DRAINING instance, so its room is not the cluster's, and it is already leaving, so counting it
     /// idle would let the scale-in alarm remove a second host for the same room.
-    pub fn from_host(facts: HostFacts, report: &crate::capacity::HostReport) -> HostFigures {
+    pub fn from_host(facts: HostFacts, capacity: &crate::capacity::HostCapacity) -> HostFigures {
         let mut spare_tasks_by_resource = BTreeMap::new();
         let mut idle_fraction_by_resource = BTreeMap::new();
-        for fit in report.by_resource() {
+        for fit in capacity.by_resource() {
             let key = fit.resource.key();
             let (fits, idle) = if facts.draining {
                 (0, 0.0)
@@ -225,14 +238,14 @@ impl HostFigures {
         }
         let (spare_tasks, idle_fraction) = if facts.draining {
             (
-                report.spare_tasks.map(|_| 0),
-                report.idle_fraction.map(|_| 0.0),
+                capacity.spare_tasks.map(|_| 0),
+                capacity.idle_fraction.map(|_| 0.0),
             )
         } else {
-            (report.spare_tasks, report.idle_fraction)
+            (capacity.spare_tasks, capacity.idle_fraction)
         };
-        let cpu = &report.per_resource.cpu;
-        let memory = &report.per_resource.memory;
+        let cpu = &capacity.per_resource.cpu;
+        let memory = &capacity.per_resource.memory;
         HostFigures {
             at: facts.at,
             cluster: facts.cluster,
@@ -254,6 +267,7 @@ impl HostFigures {
             eni_limit: facts.eni_limit,
             running_tasks: facts.running_tasks,
             draining: facts.draining,
+            removable: facts.removable.map(|r| r && !facts.draining),
         }
     }
 }

@@ -2,9 +2,7 @@
 
 pub mod cloudwatch;
 pub mod figures;
-pub mod health;
 pub mod listener;
 pub mod prometheus;
 
 pub use figures::{HostFacts, HostFigures};
-pub use health::Health;

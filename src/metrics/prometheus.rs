@@ -14,12 +14,12 @@ use axum::routing::get;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::Health;
-use crate::report::Report;
+use crate::health::Health;
+use crate::status::HostStatus;
 
 #[derive(Clone)]
 struct Shared {
-    report: watch::Receiver<Option<Arc<Report>>>,
+    report: watch::Receiver<Option<Arc<HostStatus>>>,
     health: Arc<Health>,
     interval: Duration,
 }
@@ -27,7 +27,7 @@ struct Shared {
 /// Binds now (so a taken port fails start-up) and returns the serving future.
 pub async fn serve(
     addr: SocketAddr,
-    report: watch::Receiver<Option<Arc<Report>>>,
+    report: watch::Receiver<Option<Arc<HostStatus>>>,
     health: Arc<Health>,
     interval: Duration,
     shutdown: CancellationToken,
@@ -100,7 +100,7 @@ fn gauge<'a>(name: &'a str, help: &'a str, v: f64) -> Family<'a> {
 }
 
 /// The whole exposition: the host's figures (when observed) and the daemon's own health.
-pub fn render(report: Option<&Report>, health: &Health) -> String {
+pub fn render(report: Option<&HostStatus>, health: &Health) -> String {
     let mut out = String::new();
     if let Some(f) = report.and_then(|r| r.figures.as_ref()) {
         render_figures(&mut out, f);
@@ -226,6 +226,7 @@ mod figures_tests {
             eni_limit: None,
             running_tasks: 2,
             draining: true,
+            removable: Some(false),
         };
         let mut out = String::new();
         render_figures(&mut out, &f);
@@ -237,6 +238,7 @@ mod figures_tests {
             "ecs_capacity_cpu_reserved_percent 25",
             "ecs_capacity_running_tasks 2",
             "ecs_capacity_draining 1",
+            "ecs_capacity_removable 0",
         ] {
             assert!(out.lines().any(|l| l == line), "{line} missing in\n{out}");
         }

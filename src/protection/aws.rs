@@ -44,6 +44,31 @@ pub struct Local {
     pub shapes: Vec<TaskShape>,
 }
 
+impl Local {
+    /// This host's view from one observation: tasks of `daemon_families` (`drain.ignore_families`)
+    /// do not make it busy and are not moved by a scale-in.
+    pub fn observed(
+        tasks: &[crate::host::Task],
+        daemon_families: &[String],
+        shapes: &[TaskShape],
+        draining: bool,
+    ) -> Local {
+        let (daemon, service): (Vec<_>, Vec<_>) = tasks
+            .iter()
+            .partition(|t| daemon_families.iter().any(|f| f == &t.family));
+        Local {
+            busy: !service.is_empty(),
+            draining,
+            tasks: service
+                .into_iter()
+                .map(crate::host::assess::shape_of)
+                .collect(),
+            daemon_tasks: daemon.len() as u64,
+            shapes: shapes.to_vec(),
+        }
+    }
+}
+
 /// One instance of the group, as DescribeAutoScalingGroups reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
@@ -272,6 +297,76 @@ pub async fn run(
             reason: d.reason,
         }));
     }
+}
+
+/// Starts what `scale_in.protection` asks for, in the background: finds this instance's group
+/// (again with backoff while Auto Scaling does not answer), then runs [`run`] (`auto`, `on`), or
+/// only reports the host as removable (`off`). The status stays `None` while the group is unknown
+/// and when the instance is in none.
+pub fn start(
+    cfg: &crate::config::Config,
+    sdk: &SdkConfig,
+    instance_id: String,
+    local: watch::Receiver<Option<Local>>,
+    token: &CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+) -> watch::Receiver<Option<Status>> {
+    use crate::config::Toggle;
+    let (status, rx) = watch::channel(None);
+    let mode = cfg.scale_in.protection;
+    let settings = Settings::from_config(&cfg.scale_in);
+    let cadence = Cadence {
+        tick: cfg.agent.interval,
+        view_interval: cfg.scale_in.view_interval,
+        launched_ago: uptime().unwrap_or(Duration::ZERO),
+        scale_out_threshold: cfg.capacity.scale_out_threshold,
+    };
+    let cluster = cfg.agent.cluster.clone();
+    let sdk = sdk.clone();
+    let token = token.clone();
+    tracker.spawn(async move {
+        let mut backoff = crate::retry::Backoff::new(Duration::from_secs(5), Duration::from_secs(300));
+        let found = loop {
+            let found = tokio::select! {
+                _ = token.cancelled() => return,
+                found = Protector::locate(&sdk, &cluster, &instance_id) => found,
+            };
+            match found {
+                Ok(found) => break found,
+                Err(e) => tracing::warn!(error = %e, "cannot find this instance's Auto Scaling group yet; trying again"),
+            }
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        };
+        let Some((protector, member)) = found else {
+            if mode == Toggle::On {
+                tracing::error!(%instance_id, "scale_in.protection = \"on\" but this instance is in no Auto Scaling group: nothing to protect");
+            } else {
+                tracing::info!(%instance_id, "this instance is in no Auto Scaling group: scale-in protection is not managed");
+            }
+            return;
+        };
+        if mode == Toggle::Off {
+            tracing::info!(group = %protector.group, "scale_in.protection = \"off\": protection left alone, this host counts as removable");
+            status.send_replace(Some(Status {
+                protected: Some(member.protected),
+                removable: true,
+                reason: Reason::Unmanaged,
+            }));
+            return;
+        }
+        run(Arc::new(protector), member, settings, cadence, local, status, token).await;
+    });
+    rx
+}
+
+/// Time since boot (`/proc/uptime`): on EC2, about the time since launch.
+pub fn uptime() -> Option<Duration> {
+    let text = std::fs::read_to_string("/proc/uptime").ok()?;
+    let secs: f64 = text.split_whitespace().next()?.parse().ok()?;
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 /// `configured`, or N·c(N) seconds for a cluster of N instances whose view costs c(N) requests,

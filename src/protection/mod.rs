@@ -81,6 +81,8 @@ pub enum Reason {
     Unknown,
     /// Draining: keep what it has.
     Draining,
+    /// `scale_in.protection = "off"`: the agent does not touch protection; any host may go.
+    Unmanaged,
 }
 
 /// The core's answer for one instant.

@@ -349,3 +349,36 @@ fn the_view_interval_stretches_with_the_cluster() {
         Duration::from_secs(1000 * 21)
     );
 }
+
+#[test]
+fn daemon_families_neither_make_a_host_busy_nor_move() {
+    let task = |family: &str, cpu_units| crate::host::Task {
+        arn: format!("arn:aws:ecs:us-east-1:1:task/c/{family}"),
+        family: family.into(),
+        revision: "1".into(),
+        network_mode: crate::host::NetworkMode::Bridge,
+        cpu_units,
+        memory_mib: 128,
+        tcp_ports: BTreeSet::new(),
+        udp_ports: BTreeSet::new(),
+        containers: Vec::new(),
+        known_status: None,
+        desired_status: None,
+        usage: None,
+    };
+    let daemons = vec!["log-router".to_string()];
+    let only_daemon = aws::Local::observed(&[task("log-router", 64)], &daemons, &[], false);
+    assert!(!only_daemon.busy);
+    assert_eq!(only_daemon.daemon_tasks, 1);
+    assert!(only_daemon.tasks.is_empty());
+    let both = aws::Local::observed(
+        &[task("log-router", 64), task("web", 256)],
+        &daemons,
+        &[shape(256, 128)],
+        true,
+    );
+    assert!(both.busy && both.draining);
+    assert_eq!(both.tasks.len(), 1);
+    assert_eq!(both.tasks[0].name, "web");
+    assert_eq!(both.tasks[0].cpu_units, 256);
+}

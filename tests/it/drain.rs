@@ -9,8 +9,8 @@ use ecs_capacity_agent::config::ImdsConfig;
 use ecs_capacity_agent::drain::{
     AwsEffects, DrainStatus, Effects, Runner, Settings, Store, Target, drain_before_shutdown,
 };
+use ecs_capacity_agent::health::Health;
 use ecs_capacity_agent::imds;
-use ecs_capacity_agent::metrics::Health;
 use ecs_capacity_agent::notice::{Notice, SpotAction};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

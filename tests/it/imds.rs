@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ecs_capacity_agent::config::ImdsConfig;
+use ecs_capacity_agent::health::Health;
 use ecs_capacity_agent::imds::{self, Client, Error};
-use ecs_capacity_agent::metrics::Health;
 use ecs_capacity_agent::notice::{MaintenanceCode, MaintenanceState, Notice, SpotAction};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

@@ -8,8 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
 use ecs_capacity_agent::capacity::{self, HostInput, Quantity, TaskShape};
 use ecs_capacity_agent::config::{CloudWatchConfig, Config};
+use ecs_capacity_agent::health::Health;
 use ecs_capacity_agent::metrics::cloudwatch::{self, Publisher};
-use ecs_capacity_agent::metrics::{Health, HostFacts, HostFigures};
+use ecs_capacity_agent::metrics::{HostFacts, HostFigures};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -42,12 +43,12 @@ fn host(name: &str, cpu_reserved: u64, memory_reserved: u64) -> HostInput {
     }
 }
 
-fn figures(report: &capacity::HostReport, running_tasks: u32) -> HostFigures {
+fn figures(host: &capacity::HostCapacity, running_tasks: u32) -> HostFigures {
     HostFigures::from_host(
         HostFacts {
             at: SystemTime::now(),
             cluster: CLUSTER.into(),
-            instance_id: report.name.clone(),
+            instance_id: host.name.clone(),
             autoscaling_group: None,
             cpu_used_cores: Some(0.25),
             memory_used_bytes: Some(512 * 1024 * 1024),
@@ -55,8 +56,9 @@ fn figures(report: &capacity::HostReport, running_tasks: u32) -> HostFigures {
             eni_limit: Some(3),
             running_tasks,
             draining: false,
+            removable: None,
         },
-        report,
+        host,
     )
 }
 
@@ -189,10 +191,10 @@ async fn several_hosts_one_period_sum_is_the_clusters_container_capacity() {
         host("i-000000000000000a2", 1024, 1024), // 2 by CPU → 2
         host("i-000000000000000a3", 1536, 7000), // 1 by CPU, 0 by memory → 0
     ];
-    let report = capacity::compute(&hosts, &[shape()], 1.0);
-    assert_eq!(report.container_capacity, 6, "the state under test");
+    let computed = capacity::compute(&hosts, &[shape()], 1.0);
+    assert_eq!(computed.container_capacity, 6, "the state under test");
     let interval = Duration::from_secs(2);
-    let running: Vec<_> = report
+    let running: Vec<_> = computed
         .hosts
         .iter()
         .map(|h| run_publisher(&sdk, ns, interval, figures(h, 3)))
@@ -224,10 +226,10 @@ async fn several_hosts_one_period_sum_is_the_clusters_container_capacity() {
     .await;
     assert_eq!(
         cluster,
-        vec![(period, report.container_capacity as f64, 3.0)],
+        vec![(period, computed.container_capacity as f64, 3.0)],
         "Sum over {{ClusterName}} for one period = ContainerCapacity from capacity::compute, one sample per host"
     );
-    for h in &report.hosts {
+    for h in &computed.hosts {
         let per_host = statistics(
             &client,
             ns,
@@ -259,7 +261,7 @@ async fn several_hosts_one_period_sum_is_the_clusters_container_capacity() {
         by_memory,
         vec![(
             period,
-            report.per_resource.memory.unwrap().capacity as f64,
+            computed.per_resource.memory.unwrap().capacity as f64,
             3.0
         )]
     );
@@ -269,12 +271,12 @@ async fn several_hosts_one_period_sum_is_the_clusters_container_capacity() {
 async fn steady_state_sends_exactly_one_put_per_interval_even_with_publish_now() {
     let (_moto, proxy) = require!(peers().await, "moto");
     let sdk = proxy.sdk_config().await;
-    let report = capacity::compute(&[host("i-0steady", 512, 512)], &[shape()], 1.0);
+    let cluster = capacity::compute(&[host("i-0steady", 512, 512)], &[shape()], 1.0);
     let r = run_publisher(
         &sdk,
         "Test/Steady",
         Duration::from_secs(1),
-        figures(&report.hosts[0], 1),
+        figures(&cluster.hosts[0], 1),
     );
     eventually(Duration::from_secs(60), || async {
         (proxy.period_puts().len() >= 2).then_some(())
@@ -321,8 +323,8 @@ async fn outage_of_three_intervals_delivers_the_buffered_periods_after() {
     let (_moto, mut proxy) = require!(peers().await, "moto");
     let sdk = proxy.sdk_config().await;
     let ns = "Test/Outage";
-    let report = capacity::compute(&[host("i-0outage", 0, 0)], &[shape()], 1.0);
-    let h = report.hosts[0].clone();
+    let cluster = capacity::compute(&[host("i-0outage", 0, 0)], &[shape()], 1.0);
+    let h = cluster.hosts[0].clone();
     let r = run_publisher(&sdk, ns, Duration::from_secs(1), figures(&h, 0));
     let health = r.health.clone();
 

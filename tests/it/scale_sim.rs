@@ -422,6 +422,8 @@ struct Sim {
     /// The agents manage their scale-in protection (else every host is unprotected and counts as
     /// removable: the agent before managed protection).
     managed: bool,
+    /// A table line every this many minutes.
+    every: u32,
     settings: Settings,
     view_every: u32,
     placement: Placement,
@@ -445,6 +447,7 @@ impl Sim {
         let mut sim = Sim {
             deploy,
             managed: true,
+            every: 10,
             settings: Settings::from_config(&cfg),
             view_every: (cfg.view_interval.as_secs() / 60) as u32,
             placement,
@@ -684,7 +687,7 @@ impl Sim {
             }
         }
 
-        if t.is_multiple_of(10) {
+        if t.is_multiple_of(self.every) {
             let p = self.history.last().copied().unwrap_or_default();
             let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
             self.lines.push(format!(
@@ -834,6 +837,8 @@ fn simulate_with(
 ) -> (Sim, Figures) {
     let mut sim = Sim::new(deploy, placement, hosts, demand(0));
     sim.managed = managed;
+    // Long traces: one line an hour.
+    sim.every = if minutes_total > 600 { 60 } else { 10 };
     sim.run(minutes_total, demand);
     let mut table = format!(
         "{name} ({placement:?})\n{:>5} {:>6} {:>7} {:>5} {:>8} {:>9} {:>8} {:>8} {:>9} {:>4} {:>4}\n",
@@ -964,10 +969,11 @@ fn scaling_loop_simulation() {
         assert_eq!(f.final_hosts, 3, "{}", f.name);
         assert_never_busy_before_idle(&f);
         summary.push(format!(
-            "{}: hosts 4 -> {}, removed {} for an excess of 1 (host {} busy: {}), oscillations {}",
+            "{}: hosts 4 -> {}, removed {} for an excess of 1 ({} min after the drop, host {} busy: {}), oscillations {}",
             f.name,
             f.final_hosts,
             f.removals.len(),
+            f.removals[0].t - 40,
             f.removals[0].id,
             f.removals[0].busy,
             f.oscillations
@@ -1036,10 +1042,11 @@ fn scaling_loop_simulation() {
             f.name
         );
         summary.push(format!(
-            "{}: hosts 6 -> {} in {} removals, minutes between removals {:?}, busy hosts removed {}, oscillations {}",
+            "{}: hosts 6 -> {} in {} removals, first {} min after the drop, then {:?} min apart, busy hosts removed {}, oscillations {}",
             f.name,
             f.final_hosts,
             f.removals.len(),
+            f.removals.first().map_or(0, |r| r.t - 40),
             gaps,
             f.removals.iter().filter(|r| r.busy).count(),
             f.oscillations

@@ -33,6 +33,7 @@ fn figures() -> HostFigures {
         eni_limit: Some(4),
         running_tasks: 5,
         draining: false,
+        removable: None,
     }
 }
 
@@ -117,6 +118,36 @@ fn unknown_figures_are_left_out_never_sent_as_zero() {
         assert!(!names.iter().any(|n| n == gone), "{gone} published");
     }
     assert!(names.iter().any(|n| n == "ENILimit"));
+}
+
+#[test]
+fn removable_hosts_is_published_only_in_a_group_and_never_while_draining() {
+    let names = |f: &HostFigures| -> Vec<String> {
+        flat(&datums(f, &cfg(false)))
+            .into_iter()
+            .map(|(m, _, _)| m)
+            .collect()
+    };
+    assert!(!names(&figures()).iter().any(|n| n == "RemovableHosts"));
+    let mut f = figures();
+    f.removable = Some(true);
+    assert_eq!(
+        find(
+            &datums(&f, &cfg(false)),
+            "RemovableHosts",
+            "ClusterName=prod"
+        ),
+        vec![1.0]
+    );
+    f.removable = Some(false);
+    assert_eq!(
+        find(
+            &datums(&f, &cfg(false)),
+            "RemovableHosts",
+            "ClusterName=prod"
+        ),
+        vec![0.0]
+    );
 }
 
 #[test]
