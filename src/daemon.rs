@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Loaded, SinkKind, Toggle};
-use crate::drain::{AwsEffects, DrainStatus, Runner, Settings, Store, Target};
+use crate::drain::{AwsEffects, DrainStatus, Handles, Runner, Settings, Store, Target};
 use crate::error::Error;
 use crate::health::Health;
 use crate::host::{self, InstanceFacts, Observer, Snapshot};
@@ -55,37 +55,26 @@ pub async fn detect_reach(cfg: &Config) -> Reach {
             );
             false
         }
-        Toggle::Auto => {
-            let endpoint = crate::aws::imds_endpoint();
-            let ok = probe_imds(&endpoint, cfg.imds.timeout).await;
-            if !ok {
-                tracing::warn!(
-                    endpoint,
-                    "IMDS did not answer: not on EC2, or the hop limit is 1 and this runs in a container. \
-                     AWS features are off: no interruption notices, no draining, no CloudWatch; local sinks only"
-                );
+        Toggle::Auto => match imds::Client::new(&cfg.imds) {
+            Ok(client) => match client.probe().await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(
+                        endpoint = client.endpoint(),
+                        error = %e,
+                        "IMDS did not answer: not on EC2, or the hop limit is 1 and this runs in a container. \
+                         AWS features are off: no interruption notices, no draining, no CloudWatch; local sinks only"
+                    );
+                    false
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "no IMDS client: AWS features are off; local sinks only");
+                false
             }
-            ok
-        }
+        },
     };
     Reach { aws }
-}
-
-async fn probe_imds(endpoint: &str, timeout: Duration) -> bool {
-    let Ok(client) = reqwest::Client::builder()
-        .timeout(timeout)
-        .no_proxy()
-        .build()
-    else {
-        return false;
-    };
-    client
-        .put(format!("{endpoint}/latest/api/token"))
-        .header("X-aws-ec2-metadata-token-ttl-seconds", "60")
-        .send()
-        .await
-        .map(|r| r.status().is_success())
-        .unwrap_or(false)
 }
 
 /// One observation of the host (for `status`). A source that cannot be read is recorded in
@@ -96,14 +85,6 @@ pub async fn observe(cfg: &Config) -> Result<Snapshot, Error> {
 
 pub async fn observe_once(cfg: &Config) -> Result<HostStatus, Error> {
     Ok(HostStatus::assess(observe(cfg).await?, &cfg.capacity))
-}
-
-/// What the drain side hands the rest of the daemon.
-struct DrainParts {
-    status: watch::Receiver<DrainStatus>,
-    /// A second runner on the same state, for the drain before a system shutdown (`run` consumes the
-    /// first one).
-    shutdown: Runner,
 }
 
 /// Runs until `shutdown` resolves, then lets in-flight work finish and returns.
@@ -188,7 +169,7 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some(d) = drain.as_ref().filter(|_| cfg.drain.drain_on_shutdown) {
         // Everything else keeps running meanwhile: the observer still counts the tasks.
         crate::drain::drain_before_shutdown(
-            &d.shutdown,
+            d,
             cfg.drain.shutdown_drain_timeout,
             crate::drain::system_is_stopping,
         )
@@ -236,26 +217,28 @@ fn start_drain(
     health: &Arc<Health>,
     token: &CancellationToken,
     tracker: &TaskTracker,
-) -> Result<Option<DrainParts>, Error> {
+) -> Result<Option<Handles>, Error> {
     let Some(instance_id) = instance_id else {
         tracing::error!("the instance id is unknown: no interruption notices, no draining");
         return Ok(None);
     };
-    let open = || {
-        Store::open(&cfg.agent.state_dir).map_err(|e| {
-            Error::Unavailable(format!(
-                "drain state: {e} (agent.state_dir must be writable; a drain must survive a restart)"
-            ))
-        })
-    };
+    let store = Store::open(&cfg.agent.state_dir).map_err(|e| {
+        Error::Unavailable(format!(
+            "drain state: {e} (agent.state_dir must be writable; a drain must survive a restart)"
+        ))
+    })?;
     let effects = Arc::new(
         AwsEffects::new(sdk, Target::from_config(cfg, instance_id.into()))
             .with_local_tasks(families)
             .with_ignored_families(cfg.drain.ignore_families.clone()),
     );
-    let settings = Settings::from_config(&cfg.drain);
-    let (runner, handles) = Runner::new(settings.clone(), open()?, effects.clone(), health.clone());
-    let (shutdown, _) = Runner::new(settings, open()?, effects.clone(), health.clone());
+    // The one runner over the state: notices come on `rx`, the shutdown drain through `handles`.
+    let (runner, handles) = Runner::new(
+        Settings::from_config(&cfg.drain),
+        store,
+        effects.clone(),
+        health.clone(),
+    );
     // Bounded: the pollers send a notice once when it appears and again only when it changes.
     let (tx, rx) = mpsc::channel(32);
     imds::spawn_pollers(
@@ -269,10 +252,7 @@ fn start_drain(
     tracker.spawn(runner.run(rx, token.clone()));
     let resolving = token.clone();
     tracker.spawn(async move { effects.resolve_ahead(&resolving).await });
-    Ok(Some(DrainParts {
-        status: handles.status,
-        shutdown,
-    }))
+    Ok(Some(handles))
 }
 
 #[allow(clippy::too_many_arguments)]
