@@ -24,10 +24,13 @@
 //! - Sums over hosts saturate at `u64::MAX` instead of wrapping (or panicking in a debug build);
 //!   inputs are bounded where they are read, so only absurd inputs get near it.
 
+mod definition;
 mod shape;
 
+pub use definition::{Definition, definition_key};
 pub use shape::{
-    ContainerNeeds, NetworkMode, PortMapping, ShapeError, parse_task_cpu, parse_task_memory,
+    ContainerNeeds, MemoryRule, NetworkMode, PortMapping, ShapeError, parse_task_cpu,
+    parse_task_memory,
 };
 
 use std::collections::BTreeSet;
