@@ -396,13 +396,10 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
     }
     let handles = drain.borrow().clone();
     if let Some(d) = handles.filter(|_| cfg.drain.drain_on_shutdown) {
+        let stopping = system_is_stopping_within(SYSTEMCTL_TIMEOUT).await;
         // Everything else keeps running meanwhile: the observer still counts the tasks.
-        crate::drain::drain_before_shutdown(
-            &d,
-            cfg.drain.shutdown_drain_timeout,
-            crate::drain::system_is_stopping,
-        )
-        .await;
+        crate::drain::drain_before_shutdown(&d, cfg.drain.shutdown_drain_timeout, || stopping)
+            .await;
     }
     crate::systemd::notify_stopping();
     token.cancel();
@@ -410,6 +407,59 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
     tracker.wait().await;
     tracing::info!("ecs-capacity-agent stopped");
     Ok(())
+}
+
+/// How long `systemctl is-system-running` may take before it is given up on.
+const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether systemd says the system is stopping, asked off the async workers and given up on
+/// after `limit` (the child is killed). A `systemctl` that does not answer in time counts as
+/// stopping: the shutdown drain is bounded, a missed drain is not.
+async fn system_is_stopping_within(limit: Duration) -> bool {
+    let asked = tokio::task::spawn_blocking(move || {
+        use std::process::{Command, Stdio};
+        let mut child = match Command::new("systemctl")
+            .arg("is-system-running")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(_) => return Some(false),
+        };
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+            }
+        }
+        let mut out = String::new();
+        if let Some(mut stdout) = child.stdout.take() {
+            use std::io::Read;
+            let _ = stdout.read_to_string(&mut out);
+        }
+        Some(out.trim() == "stopping")
+    })
+    .await;
+    match asked {
+        Ok(Some(stopping)) => stopping,
+        Ok(None) | Err(_) => {
+            tracing::warn!(
+                timeout = ?limit,
+                "systemctl is-system-running did not answer: draining as if the system were stopping"
+            );
+            true
+        }
+    }
 }
 
 /// Retries `attempt` with backoff until it succeeds or the daemon stops; the health fault `kind`
