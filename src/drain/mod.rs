@@ -236,7 +236,7 @@ impl DrainStatus {
 
 /// The drain status recorded under `state_dir`, for `status` (no lock: writes are atomic renames).
 pub fn status_from_disk(state_dir: &Path) -> Result<DrainStatus, StateError> {
-    let store = Store::open(state_dir)?;
+    let store = Store::existing(state_dir);
     Ok(DrainStatus::from_state(&store.load()?))
 }
 
