@@ -132,11 +132,12 @@ pub fn render(report: Option<&Report>, health: &Health) -> String {
     }
     write_family(
         &mut out,
-        &gauge(
-            "ecs_capacity_agent_observations_total",
-            "Observations of the host since start.",
-            health.observations() as f64,
-        ),
+        &Family {
+            name: "ecs_capacity_agent_observations_total",
+            help: "Observations of the host since start.",
+            kind: "counter",
+            samples: vec![(String::new(), health.observations() as f64)],
+        },
     );
     write_family(
         &mut out,
@@ -179,30 +180,39 @@ pub fn render(report: Option<&Report>, health: &Health) -> String {
 }
 
 /// This host's published figures (the same [`HostFigures`](super::HostFigures) CloudWatch gets), as
-/// gauges named in `figures::METRICS`; per-resource figures carry a `resource` label. Unknown figures
-/// are left out. [`render`] puts them first when the daemon has them.
+/// gauges named in `figures::METRICS`. Per-resource figures are a family of their own,
+/// `<name>_by_resource` with a `resource` label: one label set per family, so `sum()` over a family
+/// never adds a total to its parts. Unknown figures are left out. [`render`] puts them first when the
+/// daemon has them.
 pub fn render_figures(out: &mut String, f: &super::HostFigures) {
     for m in super::figures::METRICS.iter() {
-        let mut samples = Vec::new();
         if let Some(v) = f.value(m.name) {
-            samples.push((String::new(), v));
+            write_family(out, &gauge(m.prometheus, m.help, v));
         }
-        for (resource, v) in f.by_resource(m.name) {
-            samples.push((format!("resource=\"{resource}\""), v));
+        let by_resource: Vec<_> = f
+            .by_resource(m.name)
+            .into_iter()
+            .map(|(resource, v)| (format!("resource=\"{resource}\""), v))
+            .collect();
+        if !by_resource.is_empty() {
+            let name = by_resource_name(m.prometheus);
+            let help = format!("{} By one resource alone.", m.help);
+            write_family(
+                out,
+                &Family {
+                    name: &name,
+                    help: &help,
+                    kind: "gauge",
+                    samples: by_resource,
+                },
+            );
         }
-        if samples.is_empty() {
-            continue;
-        }
-        write_family(
-            out,
-            &Family {
-                name: m.prometheus,
-                help: m.help,
-                kind: "gauge",
-                samples,
-            },
-        );
     }
+}
+
+/// The Prometheus family of a metric's per-resource figures.
+pub fn by_resource_name(prometheus: &str) -> String {
+    format!("{prometheus}_by_resource")
 }
 
 #[cfg(test)]
@@ -239,7 +249,8 @@ mod figures_tests {
         for line in [
             "# TYPE ecs_capacity_spare_tasks gauge",
             "ecs_capacity_spare_tasks 3",
-            "ecs_capacity_spare_tasks{resource=\"memory\"} 7",
+            "# TYPE ecs_capacity_spare_tasks_by_resource gauge",
+            "ecs_capacity_spare_tasks_by_resource{resource=\"memory\"} 7",
             "ecs_capacity_idle_fraction 0.5",
             "ecs_capacity_cpu_reserved_percent 25",
             "ecs_capacity_running_tasks 2",
@@ -249,6 +260,8 @@ mod figures_tests {
             assert!(out.lines().any(|l| l == line), "{line} missing in\n{out}");
         }
         assert!(!out.contains("ecs_capacity_memory_reserved_percent"));
+        // One label set per family: no labelled sample in an unlabelled family.
+        assert!(!out.contains("ecs_capacity_spare_tasks{"), "{out}");
         assert!(!out.contains("ecs_capacity_enis_attached"));
     }
 }
