@@ -135,6 +135,15 @@ pub struct CloudWatchConfig {
     pub asg_dimension: bool,
     /// Unsent periods kept while CloudWatch is unreachable (oldest dropped first).
     pub buffer_periods: usize,
+    /// One datum per host per period: 60 s (standard resolution) or 10 s (high resolution);
+    /// `agent.interval` must divide it.
+    #[serde(with = "humantime_serde")]
+    pub period: Duration,
+    /// Also publish per host, with the `{ClusterName, InstanceId}` dimensions (each host's metrics
+    /// are then custom metrics of their own, billed monthly).
+    pub per_instance: bool,
+    /// Publish every metric, not only those the alarms and the dashboard read.
+    pub all_metrics: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -328,6 +337,9 @@ impl Default for CloudWatchConfig {
             namespace: "ECS/CapacityAgent".into(),
             asg_dimension: false,
             buffer_periods: 60,
+            period: Duration::from_secs(60),
+            per_instance: false,
+            all_metrics: false,
         }
     }
 }
@@ -832,6 +844,12 @@ fn validate(c: &Config, sources: &BTreeMap<String, Source>) -> Result<(), Config
             ),
         ));
     }
+    if c.sinks.enabled.contains(&SinkKind::Cloudwatch)
+        && let Err((key, message)) =
+            crate::metrics::cloudwatch::check_period(c.cloudwatch.period, c.agent.interval)
+    {
+        return Err(invalid(key, message));
+    }
     if c.cloudwatch.buffer_periods == 0 {
         return Err(invalid(
             "cloudwatch.buffer_periods",
@@ -1076,6 +1094,34 @@ mod tests {
             loaded.sources["host.reserved_ports_udp"],
             Source::File(path)
         );
+    }
+
+    #[test]
+    fn cloudwatch_period_must_be_10s_or_60s_and_divided_by_the_interval() {
+        let cw = "[sinks]\nenabled = [\"cloudwatch\"]\n";
+        // The text goes on under load_text's own [agent] header.
+        let err = load_text(&format!("interval = \"45s\"\n{cw}"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("agent.interval") && err.contains("cloudwatch.period"),
+            "{err}"
+        );
+        let err = load_text(&format!("{cw}[cloudwatch]\nperiod = \"30s\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cloudwatch.period") && err.contains("10s"),
+            "{err}"
+        );
+        let ok = load_text(
+            &format!("interval = \"5s\"\n{cw}[cloudwatch]\nperiod = \"10s\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(ok.config.cloudwatch.period, Duration::from_secs(10));
+        // Without the CloudWatch sink the interval is free.
+        assert!(load_text("interval = \"45s\"\n", &[]).is_ok());
     }
 
     #[test]
