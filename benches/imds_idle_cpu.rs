@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ecs_capacity_agent::config::ImdsConfig;
+use ecs_capacity_agent::health::Health;
 use ecs_capacity_agent::imds::{self, Client};
-use ecs_capacity_agent::metrics::Health;
 use nix::sys::resource::{UsageWho, getrusage};
 use support::imds::FakeImds;
 use tokio::sync::mpsc;

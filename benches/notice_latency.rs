@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ecs_capacity_agent::config::ImdsConfig;
+use ecs_capacity_agent::health::Health;
 use ecs_capacity_agent::imds::{self, Client};
-use ecs_capacity_agent::metrics::Health;
 use ecs_capacity_agent::notice::Notice;
 use rand::RngExt as _;
 use support::imds::FakeImds;

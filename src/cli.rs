@@ -232,12 +232,12 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             let loaded = load_config(config.as_deref())?;
             crate::logging::init(&loaded.config.log);
             runtime()?.block_on(async {
-                let mut report = crate::daemon::observe_once(&loaded.config).await?;
+                let mut status = crate::daemon::observe_once(&loaded.config).await?;
                 // The daemon's drain, as its state file records it.
-                report.drain = crate::drain::status_from_disk(&loaded.config.agent.state_dir).ok();
+                status.drain = crate::drain::status_from_disk(&loaded.config.agent.state_dir).ok();
                 match output {
-                    Output::Table => print!("{}", report.to_table()),
-                    Output::Json => println!("{}", report.to_json()),
+                    Output::Table => print!("{}", status.to_table()),
+                    Output::Json => println!("{}", status.to_json()),
                 }
                 Ok(())
             })

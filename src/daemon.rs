@@ -9,13 +9,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Loaded, SinkKind, Toggle};
-use crate::drain::{AwsEffects, DrainStatus, Runner, Settings, Store, Target};
+use crate::drain::{AwsEffects, DrainStatus, Handles, Runner, Settings, Store, Target};
 use crate::error::Error;
+use crate::health::Health;
 use crate::host::{self, InstanceFacts, Observer, Snapshot};
 use crate::imds;
+use crate::metrics;
 use crate::metrics::figures::{HostFacts, HostFigures};
-use crate::metrics::{self, Health};
-use crate::report::Report;
+use crate::status::HostStatus;
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
@@ -54,37 +55,26 @@ pub async fn detect_reach(cfg: &Config) -> Reach {
             );
             false
         }
-        Toggle::Auto => {
-            let endpoint = crate::aws::imds_endpoint();
-            let ok = probe_imds(&endpoint, cfg.imds.timeout).await;
-            if !ok {
-                tracing::warn!(
-                    endpoint,
-                    "IMDS did not answer: not on EC2, or the hop limit is 1 and this runs in a container. \
-                     AWS features are off: no interruption notices, no draining, no CloudWatch; local sinks only"
-                );
+        Toggle::Auto => match imds::Client::new(&cfg.imds) {
+            Ok(client) => match client.probe().await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(
+                        endpoint = client.endpoint(),
+                        error = %e,
+                        "IMDS did not answer: not on EC2, or the hop limit is 1 and this runs in a container. \
+                         AWS features are off: no interruption notices, no draining, no CloudWatch; local sinks only"
+                    );
+                    false
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "no IMDS client: AWS features are off; local sinks only");
+                false
             }
-            ok
-        }
+        },
     };
     Reach { aws }
-}
-
-async fn probe_imds(endpoint: &str, timeout: Duration) -> bool {
-    let Ok(client) = reqwest::Client::builder()
-        .timeout(timeout)
-        .no_proxy()
-        .build()
-    else {
-        return false;
-    };
-    client
-        .put(format!("{endpoint}/latest/api/token"))
-        .header("X-aws-ec2-metadata-token-ttl-seconds", "60")
-        .send()
-        .await
-        .map(|r| r.status().is_success())
-        .unwrap_or(false)
 }
 
 /// One observation of the host (for `status`). A source that cannot be read is recorded in
@@ -93,16 +83,8 @@ pub async fn observe(cfg: &Config) -> Result<Snapshot, Error> {
     host::observe_once(cfg).await
 }
 
-pub async fn observe_once(cfg: &Config) -> Result<Report, Error> {
-    Ok(Report::assess(observe(cfg).await?, &cfg.capacity))
-}
-
-/// What the drain side hands the rest of the daemon.
-struct DrainParts {
-    status: watch::Receiver<DrainStatus>,
-    /// A second runner on the same state, for the drain before a system shutdown (`run` consumes the
-    /// first one).
-    shutdown: Runner,
+pub async fn observe_once(cfg: &Config) -> Result<HostStatus, Error> {
+    Ok(HostStatus::assess(observe(cfg).await?, &cfg.capacity))
 }
 
 /// Runs until `shutdown` resolves, then lets in-flight work finish and returns.
@@ -111,7 +93,7 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let health = Arc::new(Health::default());
-    let (report_tx, report_rx) = watch::channel::<Option<Arc<Report>>>(None);
+    let (report_tx, report_rx) = watch::channel::<Option<Arc<HostStatus>>>(None);
     let (families_tx, families_rx) = watch::channel::<Option<Vec<String>>>(None);
     let (figures_tx, figures_rx) = watch::channel::<Option<Arc<HostFigures>>>(None);
     let publish_now = Arc::new(Notify::new());
@@ -187,7 +169,7 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some(d) = drain.as_ref().filter(|_| cfg.drain.drain_on_shutdown) {
         // Everything else keeps running meanwhile: the observer still counts the tasks.
         crate::drain::drain_before_shutdown(
-            &d.shutdown,
+            d,
             cfg.drain.shutdown_drain_timeout,
             crate::drain::system_is_stopping,
         )
@@ -235,26 +217,28 @@ fn start_drain(
     health: &Arc<Health>,
     token: &CancellationToken,
     tracker: &TaskTracker,
-) -> Result<Option<DrainParts>, Error> {
+) -> Result<Option<Handles>, Error> {
     let Some(instance_id) = instance_id else {
         tracing::error!("the instance id is unknown: no interruption notices, no draining");
         return Ok(None);
     };
-    let open = || {
-        Store::open(&cfg.agent.state_dir).map_err(|e| {
-            Error::Unavailable(format!(
-                "drain state: {e} (agent.state_dir must be writable; a drain must survive a restart)"
-            ))
-        })
-    };
+    let store = Store::open(&cfg.agent.state_dir).map_err(|e| {
+        Error::Unavailable(format!(
+            "drain state: {e} (agent.state_dir must be writable; a drain must survive a restart)"
+        ))
+    })?;
     let effects = Arc::new(
         AwsEffects::new(sdk, Target::from_config(cfg, instance_id.into()))
             .with_local_tasks(families)
             .with_ignored_families(cfg.drain.ignore_families.clone()),
     );
-    let settings = Settings::from_config(&cfg.drain);
-    let (runner, handles) = Runner::new(settings.clone(), open()?, effects.clone(), health.clone());
-    let (shutdown, _) = Runner::new(settings, open()?, effects.clone(), health.clone());
+    // The one runner over the state: notices come on `rx`, the shutdown drain through `handles`.
+    let (runner, handles) = Runner::new(
+        Settings::from_config(&cfg.drain),
+        store,
+        effects.clone(),
+        health.clone(),
+    );
     // Bounded: the pollers send a notice once when it appears and again only when it changes.
     let (tx, rx) = mpsc::channel(32);
     imds::spawn_pollers(
@@ -268,10 +252,7 @@ fn start_drain(
     tracker.spawn(runner.run(rx, token.clone()));
     let resolving = token.clone();
     tracker.spawn(async move { effects.resolve_ahead(&resolving).await });
-    Ok(Some(DrainParts {
-        status: handles.status,
-        shutdown,
-    }))
+    Ok(Some(handles))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -279,7 +260,7 @@ async fn observe_loop(
     cfg: Arc<Config>,
     observer: Observer,
     health: Arc<Health>,
-    report_tx: watch::Sender<Option<Arc<Report>>>,
+    report_tx: watch::Sender<Option<Arc<HostStatus>>>,
     families_tx: watch::Sender<Option<Vec<String>>>,
     figures_tx: watch::Sender<Option<Arc<HostFigures>>>,
     mut drain: Option<watch::Receiver<DrainStatus>>,
@@ -316,7 +297,7 @@ async fn observe_loop(
         match observer.snapshot().await {
             Ok(snapshot) => {
                 families_tx.send_replace(Some(snapshot.task_families()));
-                let mut report = Report::assess(snapshot, &cfg.capacity);
+                let mut report = HostStatus::assess(snapshot, &cfg.capacity);
                 report.drain = drain
                     .as_mut()
                     .map(|status| status.borrow_and_update().clone());
@@ -353,7 +334,7 @@ async fn drain_changed(drain: Option<&mut watch::Receiver<DrainStatus>>) -> Opti
 }
 
 /// This host's published figures: its capacity report plus identity, usage, ENIs, tasks, drain.
-fn figures_of(cfg: &Config, report: &Report) -> HostFigures {
+fn figures_of(cfg: &Config, report: &HostStatus) -> HostFigures {
     let s = &report.snapshot;
     let non_empty = |v: &str| (!v.trim().is_empty()).then(|| v.trim().to_string());
     let facts = HostFacts {
@@ -376,7 +357,7 @@ fn figures_of(cfg: &Config, report: &Report) -> HostFigures {
     HostFigures::from_host(facts, &report.capacity)
 }
 
-fn print_report(report: &Report) {
+fn print_report(report: &HostStatus) {
     use std::io::{IsTerminal, Write};
     let mut out = std::io::stdout().lock();
     let text = if out.is_terminal() {

@@ -1,7 +1,6 @@
 //! ecs-capacity-agent: observes an ECS container instance, reports its spare capacity and drains it
 //! before it goes away. README.md describes what it does and how it is configured.
 
-pub mod assess;
 pub mod aws;
 pub mod capacity;
 pub mod cgroup;
@@ -14,6 +13,7 @@ pub mod drain;
 pub mod ecs_agent;
 pub mod eni;
 pub mod error;
+pub mod health;
 pub mod host;
 pub mod imds;
 pub mod instance_id;
@@ -21,8 +21,9 @@ pub mod logging;
 pub mod metrics;
 pub mod notice;
 pub mod protection;
-pub mod report;
 pub mod retry;
+pub mod rfc3339;
+pub mod status;
 pub mod systemd;
 
 pub use error::Error;

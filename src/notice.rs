@@ -1,6 +1,8 @@
 //! Interruption notices as IMDS serves them, parsed into one type the drain machine consumes.
 //! The IMDS pollers (`imds`) produce these; `drain` decides what to do with them.
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +33,116 @@ pub enum SpotAction {
     Hibernate,
 }
 
+impl SpotAction {
+    /// The word IMDS uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpotAction::Terminate => "terminate",
+            SpotAction::Stop => "stop",
+            SpotAction::Hibernate => "hibernate",
+        }
+    }
+
+    /// The instance is stopped (hibernation is a stop), not terminated: it can start again.
+    pub fn is_stop(self) -> bool {
+        matches!(self, SpotAction::Stop | SpotAction::Hibernate)
+    }
+}
+
+impl FromStr for SpotAction {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<SpotAction, String> {
+        [
+            SpotAction::Terminate,
+            SpotAction::Stop,
+            SpotAction::Hibernate,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == s)
+        .ok_or_else(|| format!("unknown spot action {s:?} (expected terminate, stop or hibernate)"))
+    }
+}
+
+impl fmt::Display for SpotAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The Auto Scaling target lifecycle state (`autoscaling/target-lifecycle-state`), in IMDS's words.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum LifecycleState {
+    InService,
+    #[default]
+    Terminated,
+    Detached,
+    Standby,
+    /// `Warmed:Hibernated`, `Warmed:Running`, `Warmed:Stopped`, `Warmed:Terminated` (warm pool):
+    /// the part after `Warmed:`.
+    Warmed(String),
+}
+
+impl LifecycleState {
+    pub fn is_terminated(&self) -> bool {
+        *self == LifecycleState::Terminated
+    }
+
+    /// Into a warm pool stopped or hibernated: the instance can start again.
+    pub fn is_stop(&self) -> bool {
+        matches!(self, LifecycleState::Warmed(s) if s == "Stopped" || s == "Hibernated")
+    }
+}
+
+impl FromStr for LifecycleState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<LifecycleState, String> {
+        match s {
+            "InService" => Ok(LifecycleState::InService),
+            "Terminated" => Ok(LifecycleState::Terminated),
+            "Detached" => Ok(LifecycleState::Detached),
+            "Standby" => Ok(LifecycleState::Standby),
+            _ => match s.strip_prefix("Warmed:") {
+                Some(rest) if !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphabetic()) => {
+                    Ok(LifecycleState::Warmed(rest.to_string()))
+                }
+                _ => Err(format!(
+                    "unknown target lifecycle state {s:?} (expected InService, Terminated, \
+                     Detached, Standby or Warmed:*)"
+                )),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for LifecycleState {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<LifecycleState, String> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for LifecycleState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LifecycleState::InService => f.write_str("InService"),
+            LifecycleState::Terminated => f.write_str("Terminated"),
+            LifecycleState::Detached => f.write_str("Detached"),
+            LifecycleState::Standby => f.write_str("Standby"),
+            LifecycleState::Warmed(s) => write!(f, "Warmed:{s}"),
+        }
+    }
+}
+
+impl From<LifecycleState> for String {
+    fn from(s: LifecycleState) -> String {
+        s.to_string()
+    }
+}
+
 /// A scheduled event: `{"Code":"system-reboot","Description":"…","EventId":"instance-event-0d59937288b749b32",
 /// "NotAfter":"21 Jan 2019 09:17:23 GMT","NotBefore":"21 Jan 2019 09:00:43 GMT","State":"active"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,8 +155,9 @@ pub struct MaintenanceEvent {
     pub description: String,
 }
 
+/// A scheduled event's `Code`; serialized as that code, so an unknown one round-trips as itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(into = "String", from = "String")]
 pub enum MaintenanceCode {
     InstanceReboot,
     SystemReboot,
@@ -52,6 +165,62 @@ pub enum MaintenanceCode {
     InstanceRetirement,
     InstanceStop,
     Other(String),
+}
+
+impl MaintenanceCode {
+    pub fn as_str(&self) -> &str {
+        match self {
+            MaintenanceCode::InstanceReboot => "instance-reboot",
+            MaintenanceCode::SystemReboot => "system-reboot",
+            MaintenanceCode::SystemMaintenance => "system-maintenance",
+            MaintenanceCode::InstanceRetirement => "instance-retirement",
+            MaintenanceCode::InstanceStop => "instance-stop",
+            MaintenanceCode::Other(s) => s,
+        }
+    }
+
+    /// The instance is rebooted or stopped, and starts again. Not `instance-retirement`: EC2 stops
+    /// an EBS-backed instance for it but terminates one backed by instance store ("Instance
+    /// retirement", Amazon EC2 User Guide).
+    pub fn is_reboot_or_stop(&self) -> bool {
+        matches!(
+            self,
+            MaintenanceCode::SystemReboot
+                | MaintenanceCode::InstanceReboot
+                | MaintenanceCode::InstanceStop
+        )
+    }
+}
+
+impl From<&str> for MaintenanceCode {
+    fn from(code: &str) -> MaintenanceCode {
+        match code {
+            "instance-reboot" => MaintenanceCode::InstanceReboot,
+            "system-reboot" => MaintenanceCode::SystemReboot,
+            "system-maintenance" => MaintenanceCode::SystemMaintenance,
+            "instance-retirement" => MaintenanceCode::InstanceRetirement,
+            "instance-stop" => MaintenanceCode::InstanceStop,
+            other => MaintenanceCode::Other(other.to_string()),
+        }
+    }
+}
+
+impl From<String> for MaintenanceCode {
+    fn from(code: String) -> MaintenanceCode {
+        MaintenanceCode::from(code.as_str())
+    }
+}
+
+impl From<MaintenanceCode> for String {
+    fn from(code: MaintenanceCode) -> String {
+        code.to_string()
+    }
+}
+
+impl fmt::Display for MaintenanceCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,19 +243,15 @@ impl Notice {
         }
     }
 
-    /// `id()` plus what may change about the same notice: a maintenance event's State (active →
-    /// canceled) and its schedule. The pollers re-send a notice only when its revision changes, so a
-    /// consumer can tell "the same notice again" (same revision) from "this notice changed" (same id,
-    /// new revision).
+    /// `id()` plus what may change about the same notice and matters to the drain: a maintenance
+    /// event's State (active → canceled) and its NotBefore. The one de-duplication key: the pollers
+    /// re-send a notice only when its revision changes, and the drain acts on each revision once
+    /// (recording it in its persisted state, so the format stays as it is).
     pub fn revision(&self) -> String {
         match self {
-            Notice::Maintenance(e) => format!(
-                "maintenance:{}:{:?}:{}:{}",
-                e.event_id,
-                e.state,
-                unix(e.not_before),
-                e.not_after.map(unix).unwrap_or(0)
-            ),
+            Notice::Maintenance(e) => {
+                format!("{}:{:?}:{}", self.id(), e.state, unix(e.not_before))
+            }
             _ => self.id(),
         }
     }
@@ -96,4 +261,47 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maintenance_codes_read_and_write_as_the_code_ec2_gives() {
+        for (text, code) in [
+            ("instance-reboot", MaintenanceCode::InstanceReboot),
+            ("system-reboot", MaintenanceCode::SystemReboot),
+            ("system-maintenance", MaintenanceCode::SystemMaintenance),
+            ("instance-retirement", MaintenanceCode::InstanceRetirement),
+            ("instance-stop", MaintenanceCode::InstanceStop),
+            (
+                "fleet-shuffle",
+                MaintenanceCode::Other("fleet-shuffle".into()),
+            ),
+        ] {
+            assert_eq!(MaintenanceCode::from(text), code);
+            assert_eq!(code.to_string(), text);
+            let json = serde_json::to_value(&code).unwrap();
+            assert_eq!(json, serde_json::Value::from(text));
+            assert_eq!(
+                serde_json::from_value::<MaintenanceCode>(json).unwrap(),
+                code
+            );
+        }
+    }
+
+    #[test]
+    fn a_maintenance_revision_is_its_id_state_and_not_before() {
+        let at = |secs| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let n = Notice::Maintenance(MaintenanceEvent {
+            event_id: "ev-1".into(),
+            code: MaintenanceCode::InstanceStop,
+            not_before: at(3600),
+            not_after: Some(at(4600)),
+            state: MaintenanceState::Canceled,
+            description: String::new(),
+        });
+        assert_eq!(n.revision(), "maintenance:ev-1:Canceled:3600");
+    }
 }

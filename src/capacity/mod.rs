@@ -256,7 +256,7 @@ pub struct ShapeFit {
 
 /// One host's figures.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct HostReport {
+pub struct HostCapacity {
     pub name: String,
     /// More copies of the largest task that fit here (min over resources); null without a shape or
     /// when nothing the largest task needs constrains this host.
@@ -275,7 +275,7 @@ pub struct ResourceFit {
     pub idle: f64,
 }
 
-impl HostReport {
+impl HostCapacity {
     /// `(resource, fits, idle)` for every resource that constrains this host, in `Resource::ALL`
     /// order.
     pub fn by_resource(&self) -> Vec<ResourceFit> {
@@ -338,7 +338,7 @@ impl ClusterResources {
 
 /// The figures and decisions over a set of hosts.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Report {
+pub struct ClusterCapacity {
     /// Σ_h spare tasks.
     pub container_capacity: u64,
     /// min_r Σ_h idle_r(h) (the classic formula).
@@ -353,7 +353,7 @@ pub struct Report {
     pub largest_task: Option<TaskShape>,
     pub per_resource: ClusterResources,
     pub shapes: Vec<ShapeFit>,
-    pub hosts: Vec<HostReport>,
+    pub hosts: Vec<HostCapacity>,
 }
 
 fn resource_figures(
@@ -410,21 +410,21 @@ fn shape_names(shapes: &[TaskShape]) -> Vec<Arc<str>> {
 }
 
 /// One host against the largest task and every shape.
-pub fn host_report(
+pub fn host_capacity(
     host: &HostInput,
     largest: Option<&TaskShape>,
     shapes: &[TaskShape],
-) -> HostReport {
-    host_report_named(host, largest, shapes, &shape_names(shapes))
+) -> HostCapacity {
+    host_capacity_named(host, largest, shapes, &shape_names(shapes))
 }
 
-/// `host_report` with the shapes' names made once for all hosts.
-fn host_report_named(
+/// `host_capacity` with the shapes' names made once for all hosts.
+fn host_capacity_named(
     host: &HostInput,
     largest: Option<&TaskShape>,
     shapes: &[TaskShape],
     names: &[Arc<str>],
-) -> HostReport {
+) -> HostCapacity {
     let per_resource = HostResources {
         cpu: resource_figures(host.cpu_units, host, largest, Resource::Cpu),
         memory: resource_figures(host.memory_mib, host, largest, Resource::Memory),
@@ -434,7 +434,7 @@ fn host_report_named(
             .eni
             .map(|q| resource_figures(q, host, largest, Resource::Eni)),
     };
-    let mut report = HostReport {
+    let mut capacity = HostCapacity {
         name: host.name.clone(),
         spare_tasks: None,
         idle_fraction: None,
@@ -448,15 +448,19 @@ fn host_report_named(
             })
             .collect(),
     };
-    let constraining = report.by_resource();
-    report.spare_tasks = constraining.iter().map(|f| f.fits).min();
-    report.idle_fraction = constraining.iter().map(|f| f.idle).reduce(f64::min);
-    report
+    let constraining = capacity.by_resource();
+    capacity.spare_tasks = constraining.iter().map(|f| f.fits).min();
+    capacity.idle_fraction = constraining.iter().map(|f| f.idle).reduce(f64::min);
+    capacity
 }
 
 /// The whole model over a set of hosts. The largest task is taken across `shapes`; shapes that need
 /// nothing at all are ignored.
-pub fn compute(hosts: &[HostInput], shapes: &[TaskShape], scale_out_threshold: f64) -> Report {
+pub fn compute(
+    hosts: &[HostInput],
+    shapes: &[TaskShape],
+    scale_out_threshold: f64,
+) -> ClusterCapacity {
     let shapes: Vec<TaskShape> = shapes
         .iter()
         .filter(|s| s.needs_anything())
@@ -464,9 +468,9 @@ pub fn compute(hosts: &[HostInput], shapes: &[TaskShape], scale_out_threshold: f
         .collect();
     let largest = largest_task(&shapes);
     let names = shape_names(&shapes);
-    let host_reports: Vec<HostReport> = hosts
+    let host_capacities: Vec<HostCapacity> = hosts
         .iter()
-        .map(|h| host_report_named(h, largest.as_ref(), &shapes, &names))
+        .map(|h| host_capacity_named(h, largest.as_ref(), &shapes, &names))
         .collect();
 
     let total = |r: Resource| -> Option<ResourceTotal> {
@@ -505,19 +509,20 @@ pub fn compute(hosts: &[HostInput], shapes: &[TaskShape], scale_out_threshold: f
         eni: total(Resource::Eni),
     };
 
-    let container_capacity = host_reports.iter().filter_map(|h| h.spare_tasks).sum();
+    let container_capacity = host_capacities.iter().filter_map(|h| h.spare_tasks).sum();
     let idle_host_capacity = Resource::ALL
         .iter()
         .filter_map(|&r| per_resource.get(r).map(|t| t.idle_hosts))
         .reduce(f64::min)
         .unwrap_or(0.0);
-    let idle_host_capacity_conservative = host_reports.iter().filter_map(|h| h.idle_fraction).sum();
+    let idle_host_capacity_conservative =
+        host_capacities.iter().filter_map(|h| h.idle_fraction).sum();
     let shape_totals = names
         .iter()
         .enumerate()
         .map(|(i, name)| ShapeFit {
             name: name.clone(),
-            fits: host_reports
+            fits: host_capacities
                 .iter()
                 .filter_map(|h| h.shapes[i].fits)
                 .reduce(|a, b| a + b),
@@ -525,7 +530,7 @@ pub fn compute(hosts: &[HostInput], shapes: &[TaskShape], scale_out_threshold: f
         .collect();
 
     let planned = largest.is_some();
-    Report {
+    ClusterCapacity {
         container_capacity,
         idle_host_capacity,
         idle_host_capacity_conservative,
@@ -535,7 +540,7 @@ pub fn compute(hosts: &[HostInput], shapes: &[TaskShape], scale_out_threshold: f
         largest_task: largest,
         per_resource,
         shapes: shape_totals,
-        hosts: host_reports,
+        hosts: host_capacities,
     }
 }
 

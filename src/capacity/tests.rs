@@ -275,7 +275,7 @@ fn host_smaller_than_the_task_is_zero_idle() {
 }
 
 #[test]
-fn report_serializes_with_the_documented_keys() {
+fn cluster_capacity_serializes_with_the_documented_keys() {
     let r = compute(
         &[host("a", (1024, 0), (1024, 0))],
         &[shape("t", 512, 512)],

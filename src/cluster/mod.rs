@@ -2,7 +2,7 @@
 //! CLI's own JSON output (offline "what if" with data the operator already has) or live from ECS/EC2.
 //!
 //! Both sources produce the same plain [`Inputs`]; [`hosts`] turns them into capacity host inputs
-//! (only ACTIVE instances count) and [`Output`] renders the report as a table or one JSON object.
+//! (only ACTIVE instances count) and [`Output`] renders the cluster's capacity as a table or one JSON object.
 //!
 //! Decisions:
 //! - Taken ports are the union of `registeredResources` PORTS (the agent's reserved set) and
@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::capacity::{self, HostInput, Quantity, Report, TaskShape};
+use crate::capacity::{self, ClusterCapacity, HostInput, Quantity, TaskShape};
 
 /// The ECS status of a container instance that counts.
 pub const ACTIVE: &str = "ACTIVE";
@@ -155,11 +155,11 @@ fn eni_slots(
     Some(Quantity::new(slots, used))
 }
 
-/// The `cluster` command's result: the capacity report plus what was left out and why.
+/// The `cluster` command's result: the cluster's capacity plus what was left out and why.
 #[derive(Debug, Clone, Serialize)]
 pub struct Output {
     #[serde(flatten)]
-    pub report: Report,
+    pub capacity: ClusterCapacity,
     /// Instances present but not counted (not ACTIVE).
     pub excluded: Vec<Excluded>,
     pub notes: Vec<String>,
@@ -169,7 +169,7 @@ pub struct Output {
 pub fn calculate(inputs: &Inputs, scale_out_threshold: f64) -> Output {
     let (hosts, excluded, notes) = hosts(inputs);
     Output {
-        report: capacity::compute(&hosts, &inputs.shapes, scale_out_threshold),
+        capacity: capacity::compute(&hosts, &inputs.shapes, scale_out_threshold),
         excluded,
         notes,
     }
@@ -187,7 +187,7 @@ impl Output {
     }
 
     pub fn to_table(&self) -> String {
-        let r = &self.report;
+        let r = &self.capacity;
         let mut out = String::new();
         let yes = |b: bool| if b { "yes" } else { "no" };
         let _ = writeln!(

@@ -46,9 +46,9 @@ fn draining_instances_excluded() {
         ..Inputs::default()
     };
     let out = calculate(&inputs, 1.0);
-    assert_eq!(out.report.hosts.len(), 1);
-    assert_eq!(out.report.hosts[0].name, "i-1");
-    assert_eq!(out.report.container_capacity, 4);
+    assert_eq!(out.capacity.hosts.len(), 1);
+    assert_eq!(out.capacity.hosts[0].name, "i-1");
+    assert_eq!(out.capacity.container_capacity, 4);
     assert_eq!(
         out.excluded,
         vec![
@@ -76,10 +76,10 @@ fn instance_type_with_4_network_interfaces_and_only_awsvpc_tasks_fits_3_per_host
         awsvpc_tasks: None,
     };
     let out = calculate(&inputs, 1.0);
-    for h in &out.report.hosts {
+    for h in &out.capacity.hosts {
         assert_eq!(h.spare_tasks, Some(3));
     }
-    assert_eq!(out.report.container_capacity, 6);
+    assert_eq!(out.capacity.container_capacity, 6);
 }
 
 #[test]
@@ -92,8 +92,8 @@ fn enis_held_by_awsvpc_tasks_are_used() {
         eni_limits: limits(&[("m5.xlarge", 4)]),
     };
     let out = calculate(&inputs, 1.0);
-    assert_eq!(out.report.hosts[0].per_resource.eni.unwrap().reserved, 2);
-    assert_eq!(out.report.container_capacity, 1);
+    assert_eq!(out.capacity.hosts[0].per_resource.eni.unwrap().reserved, 2);
+    assert_eq!(out.capacity.container_capacity, 1);
 }
 
 #[test]
@@ -105,9 +105,9 @@ fn busy_instance_without_tasks_file_has_unknown_enis() {
         awsvpc_tasks: None,
     };
     let out = calculate(&inputs, 1.0);
-    assert_eq!(out.report.hosts[0].per_resource.eni, None);
+    assert_eq!(out.capacity.hosts[0].per_resource.eni, None);
     assert_eq!(
-        out.report.container_capacity, 16,
+        out.capacity.container_capacity, 16,
         "CPU bounds it: 4096 / 256"
     );
     assert!(
@@ -128,7 +128,7 @@ fn trunking_on_a_type_without_a_branch_limit_leaves_enis_unknown() {
         awsvpc_tasks: Some(BTreeMap::new()),
     };
     let out = calculate(&inputs, 1.0);
-    assert_eq!(out.report.hosts[0].per_resource.eni, None);
+    assert_eq!(out.capacity.hosts[0].per_resource.eni, None);
     assert!(out.notes.iter().any(|n| n.contains("trunking")));
 }
 
@@ -177,7 +177,7 @@ fn instance_type_missing_from_the_limits_is_noted() {
         awsvpc_tasks: Some(BTreeMap::new()),
     };
     let out = calculate(&inputs, 1.0);
-    assert_eq!(out.report.hosts[0].per_resource.eni, None);
+    assert_eq!(out.capacity.hosts[0].per_resource.eni, None);
     assert!(out.notes.iter().any(|n| n.contains("x9.huge")));
 }
 

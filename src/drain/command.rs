@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use super::{AwsEffects, Command, Done, DrainStatus, Input, Runner, Settings, Store, Target};
 use crate::config::Config;
 use crate::error::Error;
+use crate::health::Health;
 use crate::instance_id::InstanceId;
-use crate::metrics::Health;
 
 /// The instance id from `--instance-id`, else `drain.instance_id`, else IMDS.
 pub async fn resolve_instance_id(flag: Option<&str>, cfg: &Config) -> Result<InstanceId, Error> {

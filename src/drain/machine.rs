@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::aws::Outcome;
 use crate::config::{DrainConfig, FailureAction, Reaction};
-use crate::notice::{MaintenanceCode, MaintenanceState, Notice, SpotAction};
+use crate::notice::{
+    LifecycleState, MaintenanceCode, MaintenanceEvent, MaintenanceState, Notice, SpotAction,
+};
 
 /// Auto Scaling keeps an instance in a wait state for at most 100 × HeartbeatTimeout or 48 hours,
 /// whichever is smaller ("global timeout", Amazon EC2 Auto Scaling lifecycle hooks documentation).
@@ -50,6 +52,18 @@ impl Settings {
     /// before Auto Scaling gives up on its own.
     fn deadline_margin(&self) -> Duration {
         (self.check_interval * 2).max(Duration::from_secs(1))
+    }
+
+    /// The setting that says to only report notices of this kind, when it does.
+    fn report_only(&self, reason: &Reason) -> Option<&'static str> {
+        let (reaction, setting) = match reason {
+            Reason::Spot { .. } => (self.on_spot, "drain.on_spot"),
+            Reason::AutoScaling { .. } => (self.on_autoscaling, "drain.on_autoscaling"),
+            Reason::Rebalance => (self.on_rebalance, "drain.on_rebalance"),
+            Reason::Maintenance { .. } => (self.on_maintenance, "drain.on_maintenance"),
+            Reason::Manual | Reason::Shutdown => return None,
+        };
+        (reaction == Reaction::Report).then_some(setting)
     }
 }
 
@@ -91,34 +105,57 @@ pub enum Phase {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scheduled {
-    pub code: String,
+    pub code: MaintenanceCode,
     pub not_before: SystemTime,
     pub drain_at: SystemTime,
 }
 
 /// Why a drain runs. A drain can have several (a spot notice and the ASG's termination).
+/// Persisted in `drain.json`: the fields keep the names and string forms they were written with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Reason {
     Spot {
-        action: String,
+        action: SpotAction,
     },
-    AutoScaling,
+    AutoScaling {
+        /// Where Auto Scaling takes the instance; `Terminated` is left out of the file, as a state
+        /// written before this field existed reads as `Terminated`.
+        #[serde(default, skip_serializing_if = "LifecycleState::is_terminated")]
+        target: LifecycleState,
+    },
     /// A rebalance recommendation: elevated risk of interruption, no deadline.
     Rebalance,
     Maintenance {
         event_id: String,
-        code: String,
+        code: MaintenanceCode,
     },
     Manual,
     Shutdown,
+}
+
+impl Reason {
+    /// The instance is rebooted or stopped, not terminated: it starts again with the same id (and a
+    /// new boot id). A system shutdown counts: the instance is back only if it was not terminated.
+    pub fn is_reboot_or_stop(&self) -> bool {
+        match self {
+            Reason::Spot { action } => action.is_stop(),
+            Reason::AutoScaling { target } => target.is_stop(),
+            Reason::Maintenance { code, .. } => code.is_reboot_or_stop(),
+            Reason::Shutdown => true,
+            Reason::Rebalance | Reason::Manual => false,
+        }
+    }
 }
 
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Reason::Spot { action } => write!(f, "spot interruption ({action})"),
-            Reason::AutoScaling => write!(f, "Auto Scaling termination"),
+            Reason::AutoScaling {
+                target: LifecycleState::Terminated,
+            } => write!(f, "Auto Scaling termination"),
+            Reason::AutoScaling { target } => write!(f, "Auto Scaling moving it to {target}"),
             Reason::Rebalance => write!(f, "rebalance recommendation"),
             Reason::Maintenance { event_id, code } => {
                 write!(f, "scheduled {code} ({event_id})")
@@ -161,16 +198,32 @@ impl Drain {
             .join(", ")
     }
 
+    /// Every reason is a reboot or a stop (`Reason::is_reboot_or_stop`): once the instance runs
+    /// again, nothing this drain was for still holds.
+    pub fn every_reason_is_reboot_or_stop(&self) -> bool {
+        !self.reasons.is_empty() && self.reasons.iter().all(Reason::is_reboot_or_stop)
+    }
+
+    /// The last count of remaining tasks was zero.
+    fn tasks_seen_gone(&self) -> bool {
+        self.tasks_remaining == Some(0)
+    }
+
     /// The earliest of the notice deadline and the lifecycle action's global timeout.
     pub fn effective_deadline(&self) -> Option<SystemTime> {
         let hook = match &self.lifecycle {
             Lifecycle::Pending { hook, seen_at, .. } => Some(*seen_at + hook.global_timeout()),
             _ => None,
         };
-        match (self.deadline, hook) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        earliest(self.deadline, hook)
+    }
+}
+
+/// The earlier of two optional times; either when the other is unknown.
+fn earliest(a: Option<SystemTime>, b: Option<SystemTime>) -> Option<SystemTime> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -300,8 +353,6 @@ pub enum Effect {
     FindHook,
     Heartbeat(Hook),
     Complete(Hook, LifecycleResult),
-    /// Publish metrics at once (a drain started or ended).
-    PublishNow,
     /// Tell the operator: a notice configured as `report`, or something that deserves a loud line.
     Log {
         level: Level,
@@ -316,286 +367,279 @@ pub enum Level {
     Error,
 }
 
-/// The key a notice is de-duplicated by. A maintenance event's state and NotBefore are part of it, so
-/// a cancellation or a reschedule of an event already seen is acted on.
-pub fn notice_key(n: &Notice) -> String {
-    match n {
-        Notice::Maintenance(e) => format!(
-            "{}:{:?}:{}",
-            n.id(),
-            e.state,
-            e.not_before
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-        ),
-        _ => n.id(),
-    }
-}
-
 /// Maintenance codes that take the instance away (or reboot it under its tasks).
 fn drains_for(code: &MaintenanceCode) -> bool {
-    matches!(
-        code,
-        MaintenanceCode::InstanceStop
-            | MaintenanceCode::InstanceRetirement
-            | MaintenanceCode::SystemReboot
-            | MaintenanceCode::InstanceReboot
-    )
+    code.is_reboot_or_stop() || *code == MaintenanceCode::InstanceRetirement
 }
 
-fn code_name(code: &MaintenanceCode) -> String {
-    match code {
-        MaintenanceCode::InstanceReboot => "instance-reboot".into(),
-        MaintenanceCode::SystemReboot => "system-reboot".into(),
-        MaintenanceCode::SystemMaintenance => "system-maintenance".into(),
-        MaintenanceCode::InstanceRetirement => "instance-retirement".into(),
-        MaintenanceCode::InstanceStop => "instance-stop".into(),
-        MaintenanceCode::Other(s) => s.clone(),
+/// What a transition reads (the time, the settings) and what it produces (the effects, in order).
+struct Ctx<'a> {
+    now: SystemTime,
+    settings: &'a Settings,
+    effects: Vec<Effect>,
+}
+
+impl Ctx<'_> {
+    fn push(&mut self, effect: Effect) {
+        self.effects.push(effect);
+    }
+
+    fn log(&mut self, level: Level, message: impl Into<String>) {
+        self.push(Effect::Log {
+            level,
+            message: message.into(),
+        });
     }
 }
 
-fn spot_action(a: SpotAction) -> &'static str {
-    match a {
-        SpotAction::Terminate => "terminate",
-        SpotAction::Stop => "stop",
-        SpotAction::Hibernate => "hibernate",
-    }
-}
-
-fn log(level: Level, message: impl Into<String>) -> Effect {
-    Effect::Log {
-        level,
-        message: message.into(),
-    }
-}
-
-/// One step of the machine.
+/// One step of the machine: each input goes to its transition.
 pub fn step(state: &State, input: Input, now: SystemTime, s: &Settings) -> (State, Vec<Effect>) {
-    let mut next = state.clone();
-    let mut fx = Vec::new();
+    let mut st = state.clone();
+    let mut cx = Ctx {
+        now,
+        settings: s,
+        effects: Vec::new(),
+    };
     match input {
-        Input::Notice(n) => on_notice(&mut next, n, now, s, &mut fx),
-        Input::Command(c) => on_command(&mut next, c, now, &mut fx),
-        Input::Tick { tasks } => on_tick(&mut next, tasks, now, s, &mut fx),
-        Input::Done(d) => on_done(&mut next, d, now, s, &mut fx),
-        Input::Restarted => on_restart(&mut next, now, &mut fx),
+        Input::Notice(n) => on_notice(&mut st, n, &mut cx),
+        Input::Command(Command::Drain) => start_drain(&mut st, Reason::Manual, None, &mut cx),
+        Input::Command(Command::ShutdownDrain) => {
+            start_drain(&mut st, Reason::Shutdown, None, &mut cx)
+        }
+        Input::Command(Command::Activate) => on_activate(&mut st, &mut cx),
+        Input::Tick { tasks } => on_tick(&mut st, tasks, &mut cx),
+        Input::Done(done) => on_done(&mut st, done, &mut cx),
+        Input::Restarted => on_restart(&mut st, &mut cx),
     }
-    (next, fx)
+    (st, cx.effects)
 }
 
-fn on_notice(st: &mut State, n: Notice, now: SystemTime, s: &Settings, fx: &mut Vec<Effect>) {
-    let key = notice_key(&n);
-    if !st.handled.insert(key) {
+/// The outcome of an effect, one row each.
+fn on_done(st: &mut State, done: Done, cx: &mut Ctx) {
+    match done {
+        Done::SetDraining(Ok(())) => {
+            if let Phase::Draining(d) = &mut st.phase {
+                d.ecs_draining = true;
+            }
+        }
+        Done::SetDraining(Err(f)) => {
+            retry_or_fail(st, f, "cannot set DRAINING", "setting DRAINING failed", cx)
+        }
+        Done::SetActive(Ok(())) => {}
+        Done::SetActive(Err(f)) => cx.log(
+            Level::Error,
+            format!("cannot set the container instance ACTIVE: {}", f.message),
+        ),
+        Done::FindHook(Ok(found)) => on_hook_found(st, found, cx),
+        Done::FindHook(Err(f)) => retry_or_fail(
+            st,
+            f,
+            "cannot find the lifecycle hook",
+            "finding the lifecycle hook failed",
+            cx,
+        ),
+        Done::Heartbeat(Ok(())) => {
+            if let Phase::Draining(Drain {
+                lifecycle: Lifecycle::Pending { last_heartbeat, .. },
+                ..
+            }) = &mut st.phase
+            {
+                *last_heartbeat = cx.now;
+            }
+        }
+        Done::Heartbeat(Err(f)) => retry_or_fail(
+            st,
+            f,
+            "lifecycle heartbeat refused",
+            "lifecycle heartbeat failed",
+            cx,
+        ),
+        Done::Complete(outcome) => on_completed(st, outcome, cx),
+    }
+}
+
+fn on_notice(st: &mut State, n: Notice, cx: &mut Ctx) {
+    if !st.handled.insert(n.revision()) {
         return;
     }
     match n {
         Notice::Spot { action, time } => {
-            let reason = Reason::Spot {
-                action: spot_action(action).into(),
-            };
-            react(st, s.on_spot, reason, Some(time), now, fx);
+            react(st, Reason::Spot { action }, Some(time), cx);
         }
         Notice::AutoScalingTerminated { seen_at } => {
-            if s.on_autoscaling == Reaction::Report {
-                fx.push(log(
-                    Level::Warn,
-                    "Auto Scaling is terminating this instance (drain.on_autoscaling = \"report\": not draining)",
-                ));
-                return;
-            }
-            start_drain(st, Reason::AutoScaling, None, now, fx);
-            if let Phase::Draining(d) = &mut st.phase
+            let reason = Reason::AutoScaling {
+                target: LifecycleState::Terminated,
+            };
+            if react(st, reason, None, cx)
+                && let Phase::Draining(d) = &mut st.phase
                 && d.lifecycle == Lifecycle::None
             {
                 d.lifecycle = Lifecycle::Finding { seen_at };
-                fx.push(Effect::FindHook);
+                cx.push(Effect::FindHook);
             }
         }
         Notice::Rebalance { .. } => {
-            react(st, s.on_rebalance, Reason::Rebalance, None, now, fx);
+            react(st, Reason::Rebalance, None, cx);
         }
-        Notice::Maintenance(e) => {
-            let code = code_name(&e.code);
-            match e.state {
-                MaintenanceState::Active if drains_for(&e.code) => {
-                    if s.on_maintenance == Reaction::Report {
-                        fx.push(log(
-                            Level::Warn,
-                            format!(
-                                "scheduled {code} {} (drain.on_maintenance = \"report\": not draining)",
-                                e.event_id
-                            ),
-                        ));
-                        return;
-                    }
-                    let drain_at = e
-                        .not_before
-                        .checked_sub(s.maintenance_lead_time)
-                        .unwrap_or(SystemTime::UNIX_EPOCH);
-                    st.scheduled.insert(
-                        e.event_id.clone(),
-                        Scheduled {
-                            code: code.clone(),
-                            not_before: e.not_before,
-                            drain_at,
-                        },
-                    );
-                    fx.push(log(
-                        Level::Info,
-                        format!(
-                            "scheduled {code} {}: draining from {}",
-                            e.event_id,
-                            humantime::format_rfc3339_seconds(drain_at)
-                        ),
-                    ));
-                    start_due_maintenance(st, now, fx);
-                }
-                MaintenanceState::Active => fx.push(log(
-                    Level::Info,
-                    format!("scheduled {code} {}: does not need a drain", e.event_id),
-                )),
-                MaintenanceState::Canceled | MaintenanceState::Completed => {
-                    st.scheduled.remove(&e.event_id);
-                    stand_down(st, &e.event_id, fx);
-                }
-            }
+        Notice::Maintenance(e) => on_maintenance(st, e, cx),
+    }
+}
+
+/// A notice drains unless its kind is configured to be only reported. Returns whether it drains.
+fn react(st: &mut State, reason: Reason, deadline: Option<SystemTime>, cx: &mut Ctx) -> bool {
+    if reported_only(&reason, cx) {
+        return false;
+    }
+    start_drain(st, reason, deadline, cx);
+    true
+}
+
+fn reported_only(reason: &Reason, cx: &mut Ctx) -> bool {
+    let Some(setting) = cx.settings.report_only(reason) else {
+        return false;
+    };
+    cx.log(
+        Level::Warn,
+        format!("{reason} announced ({setting} = \"report\": not draining)"),
+    );
+    true
+}
+
+fn on_maintenance(st: &mut State, e: MaintenanceEvent, cx: &mut Ctx) {
+    match e.state {
+        MaintenanceState::Active if drains_for(&e.code) => schedule(st, e, cx),
+        MaintenanceState::Active => cx.log(
+            Level::Info,
+            format!("scheduled {} {}: does not need a drain", e.code, e.event_id),
+        ),
+        MaintenanceState::Canceled | MaintenanceState::Completed => {
+            st.scheduled.remove(&e.event_id);
+            stand_down(st, &e.event_id, cx);
         }
     }
 }
 
-/// A notice that either drains or is only reported.
-fn react(
-    st: &mut State,
-    reaction: Reaction,
-    reason: Reason,
-    deadline: Option<SystemTime>,
-    now: SystemTime,
-    fx: &mut Vec<Effect>,
-) {
-    if reaction == Reaction::Report {
-        fx.push(log(
-            Level::Warn,
-            format!("{reason} announced (configured to report only: not draining)"),
-        ));
+/// An active event that drains: the drain starts `maintenance_lead_time` before its NotBefore (at
+/// once when that has passed). A rescheduled event replaces its earlier entry.
+fn schedule(st: &mut State, e: MaintenanceEvent, cx: &mut Ctx) {
+    let reason = Reason::Maintenance {
+        event_id: e.event_id.clone(),
+        code: e.code.clone(),
+    };
+    if reported_only(&reason, cx) {
         return;
     }
-    start_drain(st, reason, deadline, now, fx);
+    let drain_at = e
+        .not_before
+        .checked_sub(cx.settings.maintenance_lead_time)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    cx.log(
+        Level::Info,
+        format!(
+            "scheduled {} {}: draining from {}",
+            e.code,
+            e.event_id,
+            humantime::format_rfc3339_seconds(drain_at)
+        ),
+    );
+    let entry = Scheduled {
+        code: e.code,
+        not_before: e.not_before,
+        drain_at,
+    };
+    st.scheduled.insert(e.event_id, entry);
+    start_due_maintenance(st, cx);
 }
 
-fn start_drain(
-    st: &mut State,
-    reason: Reason,
-    deadline: Option<SystemTime>,
-    now: SystemTime,
-    fx: &mut Vec<Effect>,
-) {
-    match &mut st.phase {
-        Phase::Draining(d) => {
-            // One drain: a further notice adds its reason and can only bring the deadline closer.
-            if !d.reasons.contains(&reason) {
-                d.reasons.push(reason);
-            }
-            d.deadline = match (d.deadline, deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+fn start_drain(st: &mut State, reason: Reason, deadline: Option<SystemTime>, cx: &mut Ctx) {
+    if let Phase::Draining(d) = &mut st.phase {
+        // One drain: a further notice adds its reason and can only bring the deadline closer.
+        if !d.reasons.contains(&reason) {
+            d.reasons.push(reason);
         }
-        _ => {
-            fx.push(log(Level::Warn, format!("draining: {reason}")));
-            st.phase = Phase::Draining(Drain::new(reason, now, deadline));
-            fx.push(Effect::SetDraining);
-            fx.push(Effect::PublishNow);
-        }
+        d.deadline = earliest(d.deadline, deadline);
+        return;
     }
+    cx.log(Level::Warn, format!("draining: {reason}"));
+    st.phase = Phase::Draining(Drain::new(reason, cx.now, deadline));
+    cx.push(Effect::SetDraining);
 }
 
-fn start_due_maintenance(st: &mut State, now: SystemTime, fx: &mut Vec<Effect>) {
-    let due: Vec<(String, Scheduled)> = st
-        .scheduled
-        .iter()
-        .filter(|(_, e)| e.drain_at <= now)
-        .map(|(id, e)| (id.clone(), e.clone()))
-        .collect();
-    for (id, e) in due {
-        st.scheduled.remove(&id);
+fn start_due_maintenance(st: &mut State, cx: &mut Ctx) {
+    let (due, later): (BTreeMap<_, _>, _) = std::mem::take(&mut st.scheduled)
+        .into_iter()
+        .partition(|(_, e)| e.drain_at <= cx.now);
+    st.scheduled = later;
+    for (event_id, e) in due {
         let reason = Reason::Maintenance {
-            event_id: id,
+            event_id,
             code: e.code,
         };
-        start_drain(st, reason, Some(e.not_before), now, fx);
+        start_drain(st, reason, Some(e.not_before), cx);
     }
 }
 
 /// A maintenance event was canceled or completed: drop its reason; with no reason left, back to ACTIVE.
-fn stand_down(st: &mut State, event_id: &str, fx: &mut Vec<Effect>) {
+fn stand_down(st: &mut State, event_id: &str, cx: &mut Ctx) {
     let is_it =
         |r: &Reason| matches!(r, Reason::Maintenance { event_id: id, .. } if id == event_id);
-    let drain = match &mut st.phase {
-        Phase::Draining(d) => d,
-        Phase::Drained { drain, .. } => drain,
-        _ => return,
+    let (Phase::Draining(drain) | Phase::Drained { drain, .. }) = &mut st.phase else {
+        return;
     };
     if !drain.reasons.iter().any(is_it) {
         return;
     }
     drain.reasons.retain(|r| !is_it(r));
     if drain.reasons.is_empty() && drain.lifecycle == Lifecycle::None {
-        fx.push(log(
-            Level::Warn,
-            format!(
-                "scheduled event {event_id} canceled or completed: standing down, back to ACTIVE"
-            ),
-        ));
-        st.phase = Phase::Active;
-        fx.push(Effect::SetActive);
-        fx.push(Effect::PublishNow);
+        let message = format!(
+            "scheduled event {event_id} canceled or completed: standing down, back to ACTIVE"
+        );
+        to_active(st, Level::Warn, message, cx);
     }
 }
 
-fn on_command(st: &mut State, c: Command, now: SystemTime, fx: &mut Vec<Effect>) {
-    match c {
-        Command::Drain => start_drain(st, Reason::Manual, None, now, fx),
-        Command::ShutdownDrain => start_drain(st, Reason::Shutdown, None, now, fx),
-        Command::Activate => {
-            if let Phase::Draining(d) = &st.phase
-                && matches!(
-                    d.lifecycle,
-                    Lifecycle::Finding { .. } | Lifecycle::Pending { .. }
-                )
-            {
-                fx.push(log(
-                    Level::Warn,
-                    "activating while an Auto Scaling termination is pending: the group still terminates this instance when the hook times out",
-                ));
-            }
-            if let Phase::Draining(d) = &st.phase
-                && let Lifecycle::Completing { .. } = d.lifecycle
-            {
+fn on_activate(st: &mut State, cx: &mut Ctx) {
+    if let Phase::Draining(d) = &st.phase {
+        match d.lifecycle {
+            Lifecycle::Completing { .. } => {
                 // The completion is in flight in another process: leaving DRAINING now would lose it.
-                fx.push(log(
+                cx.log(
                     Level::Error,
                     "a lifecycle action is being completed: not activating",
-                ));
+                );
                 return;
             }
-            st.phase = Phase::Active;
-            fx.push(log(Level::Info, "activating: back to ACTIVE"));
-            fx.push(Effect::SetActive);
-            fx.push(Effect::PublishNow);
+            Lifecycle::Finding { .. } | Lifecycle::Pending { .. } => cx.log(
+                Level::Warn,
+                "activating while an Auto Scaling termination is pending: the group still terminates this instance when the hook times out",
+            ),
+            _ => {}
         }
+    }
+    to_active(st, Level::Info, "activating: back to ACTIVE", cx);
+}
+
+/// The drain ends without the instance going: ACTIVE again in ECS.
+fn to_active(st: &mut State, level: Level, message: impl Into<String>, cx: &mut Ctx) {
+    cx.log(level, message);
+    st.phase = Phase::Active;
+    cx.push(Effect::SetActive);
+}
+
+/// Draining → Drained (other phases stay as they are). `forced`: the tasks were not seen gone.
+fn to_drained(st: &mut State, forced: bool, now: SystemTime) {
+    if let Phase::Draining(drain) = &st.phase {
+        st.phase = Phase::Drained {
+            drain: drain.clone(),
+            at: now,
+            forced,
+        };
     }
 }
 
-fn on_tick(
-    st: &mut State,
-    tasks: Option<u32>,
-    now: SystemTime,
-    s: &Settings,
-    fx: &mut Vec<Effect>,
-) {
+fn on_tick(st: &mut State, tasks: Option<u32>, cx: &mut Ctx) {
     let was_draining = matches!(st.phase, Phase::Draining(_));
-    start_due_maintenance(st, now, fx);
+    start_due_maintenance(st, cx);
     let Phase::Draining(d) = &mut st.phase else {
         return;
     };
@@ -607,204 +651,168 @@ fn on_tick(
         d.tasks_remaining = tasks;
     }
     if !d.ecs_draining {
-        fx.push(Effect::SetDraining);
+        cx.push(Effect::SetDraining);
     }
-    match &d.lifecycle {
-        Lifecycle::Finding { .. } => fx.push(Effect::FindHook),
-        Lifecycle::Pending {
-            hook,
-            seen_at,
-            last_heartbeat,
-        } => {
-            let (hook, seen_at, last_heartbeat) = (hook.clone(), *seen_at, *last_heartbeat);
-            let global_deadline = seen_at + hook.global_timeout();
-            if now + s.deadline_margin() >= global_deadline {
-                fx.push(log(
-                    Level::Error,
-                    format!(
-                        "the lifecycle action's global timeout ({}) is near with {} task(s) remaining: completing it anyway",
-                        humantime::format_rfc3339_seconds(global_deadline),
-                        d.tasks_remaining.map(|n| n.to_string()).unwrap_or_else(|| "unknown".into())
-                    ),
-                ));
-                d.lifecycle = Lifecycle::Completing {
-                    hook: hook.clone(),
-                    result: LifecycleResult::Continue,
-                    at: now,
-                    seen_at,
-                };
-                fx.push(Effect::Complete(hook, LifecycleResult::Continue));
-                return;
-            }
-            if d.ecs_draining && tasks == Some(0) {
-                d.lifecycle = Lifecycle::Completing {
-                    hook: hook.clone(),
-                    result: LifecycleResult::Continue,
-                    at: now,
-                    seen_at,
-                };
-                fx.push(Effect::Complete(hook, LifecycleResult::Continue));
-                return;
-            }
-            if now >= last_heartbeat + hook.heartbeat_every() {
-                fx.push(Effect::Heartbeat(hook));
-            }
-        }
-        _ => {}
+    match d.lifecycle {
+        Lifecycle::Finding { .. } => cx.push(Effect::FindHook),
+        Lifecycle::Pending { .. } => tick_pending(d, tasks, cx),
+        Lifecycle::Completing { .. } => {}
+        Lifecycle::None
+        | Lifecycle::NoHook
+        | Lifecycle::Completed { .. }
+        | Lifecycle::Uncertain { .. } => end_without_hook(st, tasks, cx),
     }
-    // Without a lifecycle action to complete, the drain ends when the tasks are gone or the
-    // instance's own deadline has passed.
-    let Phase::Draining(d) = &mut st.phase else {
+}
+
+/// A lifecycle action waits on this drain: complete it when the tasks are gone or its global
+/// timeout is near; heartbeat it meanwhile.
+fn tick_pending(d: &mut Drain, tasks: Option<u32>, cx: &mut Ctx) {
+    let Lifecycle::Pending {
+        hook,
+        seen_at,
+        last_heartbeat,
+    } = &d.lifecycle
+    else {
         return;
     };
-    let waiting_on_hook = matches!(
-        d.lifecycle,
-        Lifecycle::Finding { .. } | Lifecycle::Pending { .. } | Lifecycle::Completing { .. }
-    );
-    if waiting_on_hook {
-        return;
+    let global_deadline = *seen_at + hook.global_timeout();
+    let heartbeat = (cx.now >= *last_heartbeat + hook.heartbeat_every()).then(|| hook.clone());
+    if cx.now + cx.settings.deadline_margin() >= global_deadline {
+        cx.log(
+            Level::Error,
+            format!(
+                "the lifecycle action's global timeout ({}) is near with {} task(s) remaining: completing it anyway",
+                humantime::format_rfc3339_seconds(global_deadline),
+                count(d.tasks_remaining)
+            ),
+        );
+        complete(&mut d.lifecycle, LifecycleResult::Continue, cx);
+    } else if d.ecs_draining && tasks == Some(0) {
+        complete(&mut d.lifecycle, LifecycleResult::Continue, cx);
+    } else if let Some(hook) = heartbeat {
+        cx.push(Effect::Heartbeat(hook));
     }
+}
+
+/// Pending → Completing, then CompleteLifecycleAction: the intent is persisted before the call.
+fn complete(lifecycle: &mut Lifecycle, result: LifecycleResult, cx: &mut Ctx) {
+    let Lifecycle::Pending { hook, seen_at, .. } = lifecycle else {
+        return;
+    };
+    cx.push(Effect::Complete(hook.clone(), result));
+    *lifecycle = Lifecycle::Completing {
+        hook: hook.clone(),
+        result,
+        at: cx.now,
+        seen_at: *seen_at,
+    };
+}
+
+/// Without a lifecycle action to complete, the drain ends when the tasks are gone or the instance's
+/// own deadline has passed.
+fn end_without_hook(st: &mut State, tasks: Option<u32>, cx: &mut Ctx) {
+    let Phase::Draining(d) = &st.phase else {
+        return;
+    };
     if d.ecs_draining && tasks == Some(0) {
-        let drain = d.clone();
-        fx.push(log(
+        cx.log(
             Level::Warn,
-            format!("drained: no tasks remain ({})", drain.reason_text()),
-        ));
-        st.phase = Phase::Drained {
-            drain,
-            at: now,
-            forced: false,
-        };
-        fx.push(Effect::PublishNow);
+            format!("drained: no tasks remain ({})", d.reason_text()),
+        );
+        to_drained(st, false, cx.now);
     } else if let Some(deadline) = d.deadline
-        && now >= deadline
+        && cx.now >= deadline
     {
-        let drain = d.clone();
-        fx.push(log(
+        cx.log(
             Level::Error,
             format!(
                 "deadline {} passed with {} task(s) remaining: the instance goes now ({})",
                 humantime::format_rfc3339_seconds(deadline),
-                drain
-                    .tasks_remaining
-                    .map(|n| n.to_string())
-                    .unwrap_or_else(|| "unknown".into()),
-                drain.reason_text()
+                count(d.tasks_remaining),
+                d.reason_text()
             ),
-        ));
-        st.phase = Phase::Drained {
-            drain,
-            at: now,
-            forced: true,
-        };
-        fx.push(Effect::PublishNow);
+        );
+        to_drained(st, true, cx.now);
     }
 }
 
-fn on_done(st: &mut State, done: Done, now: SystemTime, s: &Settings, fx: &mut Vec<Effect>) {
-    match done {
-        Done::SetActive(Ok(())) => {}
-        Done::SetActive(Err(f)) => fx.push(log(
-            Level::Error,
-            format!("cannot set the container instance ACTIVE: {}", f.message),
-        )),
-        Done::Complete(outcome) => on_completed(st, outcome, now, fx),
-        other => {
-            let Phase::Draining(d) = &mut st.phase else {
-                return;
-            };
-            match other {
-                Done::SetDraining(Ok(())) => d.ecs_draining = true,
-                Done::SetDraining(Err(f)) => {
-                    if f.kind == Outcome::Rejected {
-                        fail(
-                            st,
-                            format!("cannot set DRAINING: {}", f.message),
-                            now,
-                            s,
-                            fx,
-                        );
-                    } else {
-                        fx.push(log(
-                            Level::Warn,
-                            format!("setting DRAINING failed, retrying: {}", f.message),
-                        ));
-                    }
-                }
-                Done::FindHook(Ok(found)) => {
-                    let Lifecycle::Finding { seen_at } = d.lifecycle else {
-                        return;
-                    };
-                    d.lifecycle = match found {
-                        Some(hook) => {
-                            fx.push(log(
-                                Level::Info,
-                                format!(
-                                    "lifecycle hook {} of group {}: heartbeat timeout {}s, completing by {}",
-                                    hook.name,
-                                    hook.group,
-                                    hook.heartbeat_timeout.as_secs(),
-                                    humantime::format_rfc3339_seconds(
-                                        seen_at + hook.global_timeout()
-                                    )
-                                ),
-                            ));
-                            Lifecycle::Pending {
-                                hook,
-                                seen_at,
-                                last_heartbeat: seen_at,
-                            }
-                        }
-                        None => {
-                            fx.push(log(
-                                Level::Warn,
-                                "no terminating lifecycle hook: Auto Scaling does not wait for this drain",
-                            ));
-                            Lifecycle::NoHook
-                        }
-                    };
-                }
-                Done::FindHook(Err(f)) => {
-                    if f.kind == Outcome::Rejected {
-                        fail(
-                            st,
-                            format!("cannot find the lifecycle hook: {}", f.message),
-                            now,
-                            s,
-                            fx,
-                        );
-                    } else {
-                        fx.push(log(
-                            Level::Warn,
-                            format!("finding the lifecycle hook failed, retrying: {}", f.message),
-                        ));
-                    }
-                }
-                Done::Heartbeat(Ok(())) => {
-                    if let Lifecycle::Pending { last_heartbeat, .. } = &mut d.lifecycle {
-                        *last_heartbeat = now;
-                    }
-                }
-                Done::Heartbeat(Err(f)) => {
-                    if f.kind == Outcome::Rejected {
-                        fail(
-                            st,
-                            format!("lifecycle heartbeat refused: {}", f.message),
-                            now,
-                            s,
-                            fx,
-                        );
-                    } else {
-                        fx.push(log(
-                            Level::Warn,
-                            format!("lifecycle heartbeat failed, retrying: {}", f.message),
-                        ));
-                    }
-                }
-                Done::SetActive(_) | Done::Complete(_) => unreachable!("handled above"),
+fn count(tasks: Option<u32>) -> String {
+    tasks
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn on_hook_found(st: &mut State, found: Option<Hook>, cx: &mut Ctx) {
+    let Phase::Draining(d) = &mut st.phase else {
+        return;
+    };
+    let Lifecycle::Finding { seen_at } = d.lifecycle else {
+        return;
+    };
+    d.lifecycle = match found {
+        Some(hook) => {
+            cx.log(
+                Level::Info,
+                format!(
+                    "lifecycle hook {} of group {}: heartbeat timeout {}s, completing by {}",
+                    hook.name,
+                    hook.group,
+                    hook.heartbeat_timeout.as_secs(),
+                    humantime::format_rfc3339_seconds(seen_at + hook.global_timeout())
+                ),
+            );
+            Lifecycle::Pending {
+                hook,
+                seen_at,
+                last_heartbeat: seen_at,
             }
         }
+        None => {
+            cx.log(
+                Level::Warn,
+                "no terminating lifecycle hook: Auto Scaling does not wait for this drain",
+            );
+            Lifecycle::NoHook
+        }
+    };
+}
+
+/// A call of the drain failed: a permanent failure fails the drain, any other is retried by the
+/// next tick. `refused` and `retrying` say what failed, for each case.
+fn retry_or_fail(st: &mut State, f: Failure, refused: &str, retrying: &str, cx: &mut Ctx) {
+    if !matches!(st.phase, Phase::Draining(_)) {
+        return;
     }
+    if f.kind == Outcome::Rejected {
+        fail(st, format!("{refused}: {}", f.message), cx);
+    } else {
+        cx.log(Level::Warn, format!("{retrying}, retrying: {}", f.message));
+    }
+}
+
+fn fail(st: &mut State, error: String, cx: &mut Ctx) {
+    let Phase::Draining(d) = &st.phase else {
+        return;
+    };
+    let mut drain = d.clone();
+    let abandon = matches!(drain.lifecycle, Lifecycle::Pending { .. });
+    if abandon && cx.settings.on_failure == FailureAction::Abandon {
+        cx.log(
+            Level::Error,
+            format!("{error}: abandoning the lifecycle action (drain.on_failure = \"abandon\")"),
+        );
+        complete(&mut drain.lifecycle, LifecycleResult::Abandon, cx);
+    } else {
+        cx.log(
+            Level::Error,
+            format!("{error}: the drain stops here; the instance stays DRAINING"),
+        );
+    }
+    st.phase = Phase::Failed {
+        drain,
+        at: cx.now,
+        error,
+    };
 }
 
 fn drain_mut(phase: &mut Phase) -> Option<&mut Drain> {
@@ -815,12 +823,8 @@ fn drain_mut(phase: &mut Phase) -> Option<&mut Drain> {
     }
 }
 
-fn on_completed(
-    st: &mut State,
-    outcome: Result<(), Failure>,
-    now: SystemTime,
-    fx: &mut Vec<Effect>,
-) {
+/// CompleteLifecycleAction answered. Unless it is to be retried, a draining drain is over.
+fn on_completed(st: &mut State, outcome: Result<(), Failure>, cx: &mut Ctx) {
     let Some(d) = drain_mut(&mut st.phase) else {
         return;
     };
@@ -833,41 +837,50 @@ fn on_completed(
     else {
         return;
     };
+    let retry = matches!(&outcome, Err(f) if f.kind == Outcome::NotApplied);
+    d.lifecycle = completion(hook, result, seen_at, outcome, cx);
+    if !retry {
+        let forced = !d.tasks_seen_gone();
+        to_drained(st, forced, cx.now);
+    }
+}
+
+/// Where a lifecycle action is after CompleteLifecycleAction answered: completed; pending again when
+/// the call is known not to have been applied; otherwise uncertain, and never sent again.
+fn completion(
+    hook: Hook,
+    result: LifecycleResult,
+    seen_at: SystemTime,
+    outcome: Result<(), Failure>,
+    cx: &mut Ctx,
+) -> Lifecycle {
+    let at = cx.now;
     match outcome {
         Ok(()) => {
-            fx.push(log(
-                Level::Warn,
-                format!(
-                    "lifecycle action completed with {} (hook {} of group {})",
-                    result.as_str(),
-                    hook.name,
-                    hook.group
-                ),
-            ));
-            d.lifecycle = Lifecycle::Completed {
-                hook,
-                result,
-                at: now,
-            };
+            let message = format!(
+                "lifecycle action completed with {} (hook {} of group {})",
+                result.as_str(),
+                hook.name,
+                hook.group
+            );
+            cx.log(Level::Warn, message);
+            Lifecycle::Completed { hook, result, at }
         }
         Err(f) if f.kind == Outcome::NotApplied => {
             // Not applied (throttled or refused before processing): the next tick tries again.
-            fx.push(log(
-                Level::Warn,
-                format!(
-                    "completing the lifecycle action failed, retrying: {}",
-                    f.message
-                ),
-            ));
-            d.lifecycle = Lifecycle::Pending {
+            let message = format!(
+                "completing the lifecycle action failed, retrying: {}",
+                f.message
+            );
+            cx.log(Level::Warn, message);
+            Lifecycle::Pending {
                 hook,
                 seen_at,
-                last_heartbeat: now,
-            };
-            return;
+                last_heartbeat: at,
+            }
         }
         Err(f) => {
-            fx.push(log(
+            cx.log(
                 Level::Error,
                 format!(
                     "CompleteLifecycleAction {} may not have been applied and is not repeated: {}; \
@@ -875,81 +888,35 @@ fn on_completed(
                     result.as_str(),
                     f.message
                 ),
-            ));
-            d.lifecycle = Lifecycle::Uncertain {
+            );
+            let why = f.message;
+            Lifecycle::Uncertain {
                 hook,
                 result,
-                at: now,
-                why: f.message,
-            };
+                at,
+                why,
+            }
         }
     }
-    if let Phase::Draining(d) = &st.phase {
-        let drain = d.clone();
-        let forced = drain.tasks_remaining != Some(0);
-        st.phase = Phase::Drained {
-            drain,
-            at: now,
-            forced,
-        };
-        fx.push(Effect::PublishNow);
-    }
 }
 
-fn fail(st: &mut State, error: String, now: SystemTime, s: &Settings, fx: &mut Vec<Effect>) {
-    let Phase::Draining(d) = &mut st.phase else {
-        return;
-    };
-    let mut drain = d.clone();
-    if let (FailureAction::Abandon, Lifecycle::Pending { hook, seen_at, .. }) =
-        (s.on_failure, &drain.lifecycle)
-    {
-        let (hook, seen_at) = (hook.clone(), *seen_at);
-        fx.push(log(
-            Level::Error,
-            format!("{error}: abandoning the lifecycle action (drain.on_failure = \"abandon\")"),
-        ));
-        drain.lifecycle = Lifecycle::Completing {
-            hook: hook.clone(),
-            result: LifecycleResult::Abandon,
-            at: now,
-            seen_at,
-        };
-        fx.push(Effect::Complete(hook, LifecycleResult::Abandon));
-    } else {
-        fx.push(log(
-            Level::Error,
-            format!("{error}: the drain stops here; the instance stays DRAINING"),
-        ));
-    }
-    st.phase = Phase::Failed {
-        drain,
-        at: now,
-        error,
-    };
-    fx.push(Effect::PublishNow);
-}
-
-fn on_restart(st: &mut State, now: SystemTime, fx: &mut Vec<Effect>) {
+fn on_restart(st: &mut State, cx: &mut Ctx) {
     let Some(d) = drain_mut(&mut st.phase) else {
         return;
     };
-    // A drain made only because the system was shutting down ends when the system is back up.
     if d.reasons == [Reason::Shutdown] && d.lifecycle == Lifecycle::None {
-        fx.push(log(
+        // A drain made only because the system was shutting down ends when the system is back up.
+        to_active(
+            st,
             Level::Warn,
             "started after a shutdown drain: back to ACTIVE",
-        ));
-        st.phase = Phase::Active;
-        fx.push(Effect::SetActive);
-        fx.push(Effect::PublishNow);
-        return;
-    }
-    if let Lifecycle::Completing {
+            cx,
+        );
+    } else if let Lifecycle::Completing {
         hook, result, at, ..
     } = d.lifecycle.clone()
     {
-        fx.push(log(
+        cx.log(
             Level::Error,
             format!(
                 "restarted while completing the lifecycle action ({} at {}): not sending it again; \
@@ -957,37 +924,28 @@ fn on_restart(st: &mut State, now: SystemTime, fx: &mut Vec<Effect>) {
                 result.as_str(),
                 humantime::format_rfc3339_seconds(at)
             ),
-        ));
+        );
+        let why = "interrupted by a restart".into();
         d.lifecycle = Lifecycle::Uncertain {
             hook,
             result,
             at,
-            why: "interrupted by a restart".into(),
+            why,
         };
-        if let Phase::Draining(d) = &st.phase {
-            let drain = d.clone();
-            let forced = drain.tasks_remaining != Some(0);
-            st.phase = Phase::Drained {
-                drain,
-                at: now,
-                forced,
-            };
-        }
-        fx.push(Effect::PublishNow);
-    } else if let Phase::Draining(d) = &st.phase {
-        fx.push(log(
+        let forced = !d.tasks_seen_gone();
+        to_drained(st, forced, cx.now);
+    } else if let Phase::Draining(d) = &mut st.phase {
+        cx.log(
             Level::Warn,
             format!(
                 "resuming the drain started {} ({})",
                 humantime::format_rfc3339_seconds(d.since),
                 d.reason_text()
             ),
-        ));
+        );
         // ECS may have missed DRAINING if the process died right after recording it: it is idempotent.
-        if let Phase::Draining(d) = &mut st.phase {
-            d.ecs_draining = false;
-        }
-        fx.push(Effect::SetDraining);
+        d.ecs_draining = false;
+        cx.push(Effect::SetDraining);
     }
 }
 

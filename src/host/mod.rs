@@ -1,6 +1,7 @@
 //! Observation of this host: what it registers with ECS, what its tasks reserve and use.
 //! Produces the `Snapshot` that capacity, metrics and draining read.
 
+pub mod assess;
 pub mod observer;
 pub mod registered;
 pub mod tasks;
@@ -24,7 +25,7 @@ pub type HostUsage = Usage;
 /// (or empty) and the reason is in `unavailable`, so one missing source never fails the snapshot.
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
-    #[serde(with = "crate::report::rfc3339")]
+    #[serde(with = "crate::rfc3339")]
     pub taken_at: SystemTime,
     pub registered: Registered,
     /// ECS tasks (containers with the ECS task-ARN label) grouped by task ARN.
@@ -39,6 +40,10 @@ pub struct Snapshot {
     pub ecs: EcsAgentView,
     /// Sources that could not be read this time, with why (e.g. "docker: socket not found").
     pub unavailable: Vec<String>,
+    /// The kernel's hostname: this host's name in its capacity figures while the instance id is
+    /// unknown.
+    #[serde(skip)]
+    pub hostname: String,
 }
 
 impl Snapshot {

@@ -88,6 +88,7 @@ struct Readings {
     usage: Result<HashMap<String, Usage>, String>,
     /// Sources already found unreadable.
     unavailable: Vec<String>,
+    hostname: String,
 }
 
 impl Readings {
@@ -108,6 +109,7 @@ impl Readings {
             .then(|| eni::attached_from_sysfs(&cfg.host.sysfs_net).map_err(|e| e.to_string()));
         let usage = reader.map(|r| read_usage(r, &containers));
         Readings {
+            hostname: read_hostname(),
             taken_at: SystemTime::now(),
             read_at: Instant::now(),
             registered,
@@ -119,6 +121,15 @@ impl Readings {
             unavailable,
         }
     }
+}
+
+const HOSTNAME: &str = "/proc/sys/kernel/hostname";
+
+/// The kernel's hostname, "localhost" when it cannot be read.
+fn read_hostname() -> String {
+    std::fs::read_to_string(HOSTNAME)
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// Reads the cgroup of every ECS task container.
@@ -339,6 +350,7 @@ fn compose(r: Readings, rates: Option<&mut CpuRates>) -> Snapshot {
         eni,
         ecs,
         unavailable,
+        hostname: r.hostname,
     }
 }
 
@@ -633,6 +645,7 @@ mod tests {
             agent: AgentReading::default(),
             instance,
             sysfs_attached: None,
+            hostname: "ip-10-0-0-1".into(),
             usage: Ok(usage
                 .iter()
                 .map(|(id, usec)| {

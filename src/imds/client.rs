@@ -58,7 +58,7 @@ pub enum Error {
 }
 
 impl Error {
-    /// A short name for `metrics::Health::error`.
+    /// A short name for `health::Health::error`.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Endpoint { .. } => "imds_endpoint",
@@ -278,6 +278,12 @@ impl Client {
                 Err(e)
             }
         }
+    }
+
+    /// One session-token request and nothing else: whether an IMDSv2 endpoint answers here at all.
+    /// `agent.aws = "auto"` asks this once at start.
+    pub async fn probe(&self) -> Result<(), Error> {
+        self.fetch_token().await.map(drop)
     }
 
     async fn fetch_token(&self) -> Result<String, Error> {

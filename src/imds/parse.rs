@@ -18,7 +18,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 
-use crate::notice::{MaintenanceCode, MaintenanceEvent, MaintenanceState, Notice, SpotAction};
+use crate::notice::{
+    LifecycleState, MaintenanceCode, MaintenanceEvent, MaintenanceState, Notice, SpotAction,
+};
 
 /// Content a notice path served that is not the documented shape. `reason` says what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,48 +68,14 @@ struct SpotBody {
 pub fn spot(body: &str) -> Result<Notice, Malformed> {
     let raw: SpotBody = serde_json::from_str(body.trim())
         .map_err(|e| malformed(format!("not a spot instance-action document: {e}")))?;
-    let action = match raw.action.as_str() {
-        "terminate" => SpotAction::Terminate,
-        "stop" => SpotAction::Stop,
-        "hibernate" => SpotAction::Hibernate,
-        other => {
-            return Err(malformed(format!(
-                "unknown spot action {other:?} (expected terminate, stop or hibernate)"
-            )));
-        }
-    };
+    let action: SpotAction = raw.action.parse().map_err(malformed)?;
     let time = rfc3339(&raw.time).map_err(|e| malformed(format!("spot time: {e}")))?;
     Ok(Notice::Spot { action, time })
 }
 
 /// The Auto Scaling target lifecycle state. Only `Terminated` is a notice.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LifecycleState {
-    InService,
-    Terminated,
-    Detached,
-    Standby,
-    /// `Warmed:Hibernated`, `Warmed:Running`, `Warmed:Stopped`, `Warmed:Terminated` (warm pool).
-    Warmed(String),
-}
-
 pub fn lifecycle_state(body: &str) -> Result<LifecycleState, Malformed> {
-    let s = body.trim();
-    match s {
-        "InService" => Ok(LifecycleState::InService),
-        "Terminated" => Ok(LifecycleState::Terminated),
-        "Detached" => Ok(LifecycleState::Detached),
-        "Standby" => Ok(LifecycleState::Standby),
-        _ => match s.strip_prefix("Warmed:") {
-            Some(rest) if !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphabetic()) => {
-                Ok(LifecycleState::Warmed(rest.to_string()))
-            }
-            _ => Err(malformed(format!(
-                "unknown target lifecycle state {s:?} (expected InService, Terminated, Detached, \
-                 Standby or Warmed:*)"
-            ))),
-        },
-    }
+    body.trim().parse().map_err(malformed)
 }
 
 /// `autoscaling/target-lifecycle-state` as notices: `Terminated` → one, anything else → none.
@@ -184,14 +152,7 @@ fn maintenance_event(entry: serde_json::Value) -> Result<MaintenanceEvent, Malfo
     if raw.event_id.trim().is_empty() {
         return Err(malformed("empty EventId"));
     }
-    let code = match raw.code.as_str() {
-        "instance-reboot" => MaintenanceCode::InstanceReboot,
-        "system-reboot" => MaintenanceCode::SystemReboot,
-        "system-maintenance" => MaintenanceCode::SystemMaintenance,
-        "instance-retirement" => MaintenanceCode::InstanceRetirement,
-        "instance-stop" => MaintenanceCode::InstanceStop,
-        other => MaintenanceCode::Other(other.to_string()),
-    };
+    let code = MaintenanceCode::from(raw.code.as_str());
     let not_before =
         event_date(&raw.not_before).map_err(|e| malformed(format!("NotBefore: {e}")))?;
     let not_after = match raw.not_after.as_deref().map(str::trim) {

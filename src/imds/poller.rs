@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use super::client::{Client, Error};
 use super::parse::{self, Parsed};
 use crate::config::ImdsConfig;
-use crate::metrics::Health;
+use crate::health::Health;
 use crate::notice::Notice;
 use crate::retry::Backoff;
 

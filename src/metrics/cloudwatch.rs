@@ -52,11 +52,11 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::Health;
 use super::figures::{HostFigures, METRICS};
 use crate::aws::{self, Outcome};
 use crate::config::{CloudWatchConfig, Config};
 use crate::error::Error;
+use crate::health::Health;
 
 /// PutMetricData accepts at most 1,000 datums per request.
 pub const MAX_DATUMS_PER_REQUEST: usize = 1000;
@@ -745,7 +745,7 @@ impl Publisher {
             self.health.error("cloudwatch_dropped_period");
             tracing::warn!(
                 limit = self.cfg.buffer_periods,
-                period = ?dropped.map(crate::report::rfc3339::format),
+                period = ?dropped.map(crate::rfc3339::format),
                 "CloudWatch buffer full: dropped the oldest unsent period"
             );
         }

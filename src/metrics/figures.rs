@@ -1,7 +1,7 @@
 //! One host's published figures, and the table of metrics they become.
 //!
 //! `HostFigures` is plain data, filled from a `host::Snapshot`, the host's
-//! `capacity::HostReport` and the drain status (see [`HostFigures::from_host`]); the CloudWatch
+//! `capacity::HostCapacity` and the drain status (see [`HostFigures::from_host`]); the CloudWatch
 //! encoding (`cloudwatch::datums`) and the Prometheus exposition both read only this struct, so the
 //! two sinks can never disagree.
 
@@ -15,7 +15,7 @@ pub const RESOURCES: [&str; 5] = ["cpu", "memory", "ports", "ports_udp", "eni"];
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HostFigures {
-    #[serde(with = "crate::report::rfc3339")]
+    #[serde(with = "crate::rfc3339")]
     pub at: SystemTime,
     pub cluster: String,
     pub instance_id: String,
@@ -223,10 +223,10 @@ impl HostFigures {
     /// A draining host publishes 0 spare tasks and 0 idle fraction: ECS places nothing on a
     /// DRAINING instance, so its room is not the cluster's, and it is already leaving, so counting it
     /// idle would let the scale-in alarm remove a second host for the same room.
-    pub fn from_host(facts: HostFacts, report: &crate::capacity::HostReport) -> HostFigures {
+    pub fn from_host(facts: HostFacts, capacity: &crate::capacity::HostCapacity) -> HostFigures {
         let mut spare_tasks_by_resource = BTreeMap::new();
         let mut idle_fraction_by_resource = BTreeMap::new();
-        for fit in report.by_resource() {
+        for fit in capacity.by_resource() {
             let key = fit.resource.key();
             let (fits, idle) = if facts.draining {
                 (0, 0.0)
@@ -238,14 +238,14 @@ impl HostFigures {
         }
         let (spare_tasks, idle_fraction) = if facts.draining {
             (
-                report.spare_tasks.map(|_| 0),
-                report.idle_fraction.map(|_| 0.0),
+                capacity.spare_tasks.map(|_| 0),
+                capacity.idle_fraction.map(|_| 0.0),
             )
         } else {
-            (report.spare_tasks, report.idle_fraction)
+            (capacity.spare_tasks, capacity.idle_fraction)
         };
-        let cpu = &report.per_resource.cpu;
-        let memory = &report.per_resource.memory;
+        let cpu = &capacity.per_resource.cpu;
+        let memory = &capacity.per_resource.memory;
         HostFigures {
             at: facts.at,
             cluster: facts.cluster,

@@ -2,8 +2,6 @@
 
 pub mod cloudwatch;
 pub mod figures;
-pub mod health;
 pub mod prometheus;
 
 pub use figures::{HostFacts, HostFigures};
-pub use health::Health;

@@ -13,12 +13,12 @@ use axum::routing::get;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::Health;
-use crate::report::Report;
+use crate::health::Health;
+use crate::status::HostStatus;
 
 #[derive(Clone)]
 struct Shared {
-    report: watch::Receiver<Option<Arc<Report>>>,
+    report: watch::Receiver<Option<Arc<HostStatus>>>,
     health: Arc<Health>,
     interval: Duration,
 }
@@ -26,7 +26,7 @@ struct Shared {
 /// Binds now (so a taken port fails start-up) and returns the serving future.
 pub async fn serve(
     addr: SocketAddr,
-    report: watch::Receiver<Option<Arc<Report>>>,
+    report: watch::Receiver<Option<Arc<HostStatus>>>,
     health: Arc<Health>,
     interval: Duration,
     shutdown: CancellationToken,
@@ -106,7 +106,7 @@ fn gauge<'a>(name: &'a str, help: &'a str, v: f64) -> Family<'a> {
 }
 
 /// The whole exposition: the host's figures (when observed) and the daemon's own health.
-pub fn render(report: Option<&Report>, health: &Health) -> String {
+pub fn render(report: Option<&HostStatus>, health: &Health) -> String {
     let mut out = String::new();
     if let Some(f) = report.and_then(|r| r.figures.as_ref()) {
         render_figures(&mut out, f);

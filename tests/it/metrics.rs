@@ -8,8 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
 use ecs_capacity_agent::capacity::{self, HostInput, Quantity, TaskShape};
 use ecs_capacity_agent::config::{CloudWatchConfig, Config};
+use ecs_capacity_agent::health::Health;
 use ecs_capacity_agent::metrics::cloudwatch::{self, Publisher};
-use ecs_capacity_agent::metrics::{Health, HostFacts, HostFigures};
+use ecs_capacity_agent::metrics::{HostFacts, HostFigures};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -42,12 +43,12 @@ fn host(name: &str, cpu_reserved: u64, memory_reserved: u64) -> HostInput {
     }
 }
 
-fn figures(report: &capacity::HostReport, running_tasks: u32) -> HostFigures {
+fn figures(host: &capacity::HostCapacity, running_tasks: u32) -> HostFigures {
     HostFigures::from_host(
         HostFacts {
             at: SystemTime::now(),
             cluster: CLUSTER.into(),
-            instance_id: report.name.clone(),
+            instance_id: host.name.clone(),
             autoscaling_group: None,
             cpu_used_cores: Some(0.25),
             memory_used_bytes: Some(512 * 1024 * 1024),
@@ -57,7 +58,7 @@ fn figures(report: &capacity::HostReport, running_tasks: u32) -> HostFigures {
             draining: false,
             removable: None,
         },
-        report,
+        host,
     )
 }
 
@@ -231,9 +232,9 @@ async fn several_hosts_one_period_sum_is_the_clusters_container_capacity() {
         host("i-000000000000000a2", 1024, 1024), // 2 by CPU → 2
         host("i-000000000000000a3", 1536, 7000), // 1 by CPU, 0 by memory → 0
     ];
-    let report = capacity::compute(&hosts, &[shape()], 1.0);
-    assert_eq!(report.container_capacity, 6, "the state under test");
-    let running: Vec<_> = report
+    let computed = capacity::compute(&hosts, &[shape()], 1.0);
+    assert_eq!(computed.container_capacity, 6, "the state under test");
+    let running: Vec<_> = computed
         .hosts
         .iter()
         .map(|h| {
@@ -274,10 +275,10 @@ async fn several_hosts_one_period_sum_is_the_clusters_container_capacity() {
     .await;
     assert_eq!(
         cluster,
-        vec![(period, report.container_capacity as f64, 3.0)],
+        vec![(period, computed.container_capacity as f64, 3.0)],
         "Sum over {{ClusterName}} for one period = ContainerCapacity from capacity::compute, one sample per host"
     );
-    for h in &report.hosts {
+    for h in &computed.hosts {
         let per_host = statistics(
             &client,
             ns,
@@ -309,7 +310,7 @@ async fn several_hosts_one_period_sum_is_the_clusters_container_capacity() {
         by_memory,
         vec![(
             period,
-            report.per_resource.memory.unwrap().capacity as f64,
+            computed.per_resource.memory.unwrap().capacity as f64,
             3.0
         )]
     );

@@ -1,5 +1,6 @@
 use super::*;
 use crate::notice::MaintenanceEvent;
+use serde_json::json;
 
 fn t(secs: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
@@ -34,6 +35,11 @@ fn maintenance(
         state,
         description: "scheduled".into(),
     })
+}
+
+/// Event `ev-1`, an instance-stop with NotBefore at `not_before`.
+fn instance_stop(not_before: u64, state: MaintenanceState) -> Notice {
+    maintenance("ev-1", MaintenanceCode::InstanceStop, not_before, state)
 }
 
 fn run(state: &State, input: Input, now: u64) -> (State, Vec<Effect>) {
@@ -85,7 +91,7 @@ fn permanent(m: &str) -> Failure {
 #[test]
 fn spot_notice_drains_at_once_with_the_notice_time_as_deadline() {
     let (st, fx) = run(&State::default(), Input::Notice(spot(120)), 0);
-    assert_eq!(acts(&fx), vec![Effect::SetDraining, Effect::PublishNow]);
+    assert_eq!(acts(&fx), vec![Effect::SetDraining]);
     let d = draining(&st);
     assert_eq!(d.deadline, Some(t(120)));
     assert!(!d.ecs_draining);
@@ -158,7 +164,7 @@ fn tasks_gone_without_lifecycle_is_drained() {
     assert!(acts(&fx).is_empty());
     assert_eq!(draining(&st).tasks_remaining, Some(2));
     let (st, fx) = run(&st, Input::Tick { tasks: Some(0) }, 10);
-    assert_eq!(acts(&fx), vec![Effect::PublishNow]);
+    assert!(acts(&fx).is_empty());
     assert!(matches!(st.phase, Phase::Drained { forced: false, .. }));
 }
 
@@ -195,7 +201,6 @@ fn spot_deadline_passing_ends_the_wait_loudly() {
             ..
         }
     )));
-    assert!(fx.contains(&Effect::PublishNow));
 }
 
 #[test]
@@ -205,11 +210,13 @@ fn autoscaling_terminated_drains_and_finds_the_hook() {
         Input::Notice(Notice::AutoScalingTerminated { seen_at: t(0) }),
         0,
     );
+    assert_eq!(acts(&fx), vec![Effect::SetDraining, Effect::FindHook]);
     assert_eq!(
-        acts(&fx),
-        vec![Effect::SetDraining, Effect::PublishNow, Effect::FindHook]
+        draining(&st).reasons,
+        vec![Reason::AutoScaling {
+            target: LifecycleState::Terminated
+        }]
     );
-    assert_eq!(draining(&st).reasons, vec![Reason::AutoScaling]);
 }
 
 #[test]
@@ -278,7 +285,7 @@ fn tasks_gone_completes_the_lifecycle_action_once_with_continue() {
     assert!(acts(&fx).is_empty());
     assert_eq!(st2, st);
     let (st, fx) = run(&st, Input::Done(Done::Complete(Ok(()))), 31);
-    assert_eq!(acts(&fx), vec![Effect::PublishNow]);
+    assert!(acts(&fx).is_empty());
     match &st.phase {
         Phase::Drained {
             drain,
@@ -364,10 +371,7 @@ fn permanent_failure_abandons_a_pending_lifecycle_action_by_default() {
     );
     assert_eq!(
         acts(&fx),
-        vec![
-            Effect::Complete(hook(), LifecycleResult::Abandon),
-            Effect::PublishNow
-        ]
+        vec![Effect::Complete(hook(), LifecycleResult::Abandon)]
     );
     assert!(matches!(st.phase, Phase::Failed { .. }));
     let (st, _) = run(&st, Input::Done(Done::Complete(Ok(()))), 11);
@@ -396,7 +400,7 @@ fn permanent_failure_with_stay_draining_leaves_the_action_to_time_out() {
         t(10),
         &s,
     );
-    assert_eq!(acts(&fx), vec![Effect::PublishNow]);
+    assert!(acts(&fx).is_empty());
     assert!(
         matches!(&st.phase, Phase::Failed { drain, .. } if matches!(drain.lifecycle, Lifecycle::Pending { .. }))
     );
@@ -447,7 +451,7 @@ fn maintenance_drains_at_not_before_minus_lead_time() {
     let (st, fx) = run(&st, Input::Tick { tasks: None }, 2699);
     assert!(acts(&fx).is_empty());
     let (st, fx) = run(&st, Input::Tick { tasks: None }, 2700);
-    assert_eq!(acts(&fx), vec![Effect::SetDraining, Effect::PublishNow]);
+    assert_eq!(acts(&fx), vec![Effect::SetDraining]);
     assert_eq!(draining(&st).deadline, Some(t(3600)));
     assert!(st.scheduled.is_empty());
 }
@@ -461,7 +465,7 @@ fn maintenance_already_within_the_lead_time_drains_at_once() {
         MaintenanceState::Active,
     );
     let (st, fx) = run(&State::default(), Input::Notice(n), 0);
-    assert_eq!(acts(&fx), vec![Effect::SetDraining, Effect::PublishNow]);
+    assert_eq!(acts(&fx), vec![Effect::SetDraining]);
     assert!(
         matches!(&draining(&st).reasons[0], Reason::Maintenance { event_id, .. } if event_id == "ev-1")
     );
@@ -498,19 +502,9 @@ fn every_draining_maintenance_code_drains_and_others_do_not() {
 
 #[test]
 fn maintenance_canceled_before_its_drain_time_is_forgotten() {
-    let n = maintenance(
-        "ev-1",
-        MaintenanceCode::InstanceStop,
-        3600,
-        MaintenanceState::Active,
-    );
+    let n = instance_stop(3600, MaintenanceState::Active);
     let (st, _) = run(&State::default(), Input::Notice(n), 0);
-    let c = maintenance(
-        "ev-1",
-        MaintenanceCode::InstanceStop,
-        3600,
-        MaintenanceState::Canceled,
-    );
+    let c = instance_stop(3600, MaintenanceState::Canceled);
     let (st, fx) = run(&st, Input::Notice(c), 10);
     assert!(acts(&fx).is_empty());
     assert!(st.scheduled.is_empty());
@@ -521,41 +515,21 @@ fn maintenance_canceled_before_its_drain_time_is_forgotten() {
 
 #[test]
 fn maintenance_canceled_while_draining_stands_down_to_active() {
-    let n = maintenance(
-        "ev-1",
-        MaintenanceCode::InstanceStop,
-        60,
-        MaintenanceState::Active,
-    );
+    let n = instance_stop(60, MaintenanceState::Active);
     let (st, _) = run(&State::default(), Input::Notice(n), 0);
     let (st, _) = run(&st, Input::Done(Done::SetDraining(Ok(()))), 0);
-    let c = maintenance(
-        "ev-1",
-        MaintenanceCode::InstanceStop,
-        60,
-        MaintenanceState::Canceled,
-    );
+    let c = instance_stop(60, MaintenanceState::Canceled);
     let (st, fx) = run(&st, Input::Notice(c), 10);
-    assert_eq!(acts(&fx), vec![Effect::SetActive, Effect::PublishNow]);
+    assert_eq!(acts(&fx), vec![Effect::SetActive]);
     assert_eq!(st.phase, Phase::Active);
 }
 
 #[test]
 fn maintenance_canceled_does_not_stand_down_a_drain_with_another_reason() {
-    let n = maintenance(
-        "ev-1",
-        MaintenanceCode::InstanceStop,
-        60,
-        MaintenanceState::Active,
-    );
+    let n = instance_stop(60, MaintenanceState::Active);
     let (st, _) = run(&State::default(), Input::Notice(n), 0);
     let (st, _) = run(&st, Input::Notice(spot(120)), 1);
-    let c = maintenance(
-        "ev-1",
-        MaintenanceCode::InstanceStop,
-        60,
-        MaintenanceState::Canceled,
-    );
+    let c = instance_stop(60, MaintenanceState::Canceled);
     let (st, fx) = run(&st, Input::Notice(c), 10);
     assert!(acts(&fx).is_empty());
     assert_eq!(draining(&st).reasons.len(), 1);
@@ -568,19 +542,9 @@ fn maintenance_canceled_does_not_stand_down_a_drain_with_another_reason() {
 
 #[test]
 fn a_rescheduled_maintenance_event_moves_its_drain_time() {
-    let n = maintenance(
-        "ev-1",
-        MaintenanceCode::InstanceStop,
-        3600,
-        MaintenanceState::Active,
-    );
+    let n = instance_stop(3600, MaintenanceState::Active);
     let (st, _) = run(&State::default(), Input::Notice(n), 0);
-    let later = maintenance(
-        "ev-1",
-        MaintenanceCode::InstanceStop,
-        7200,
-        MaintenanceState::Active,
-    );
+    let later = instance_stop(7200, MaintenanceState::Active);
     let (st, _) = run(&st, Input::Notice(later), 10);
     assert_eq!(st.scheduled["ev-1"].drain_at, t(6300));
 }
@@ -588,10 +552,10 @@ fn a_rescheduled_maintenance_event_moves_its_drain_time() {
 #[test]
 fn manual_drain_and_activate() {
     let (st, fx) = run(&State::default(), Input::Command(Command::Drain), 0);
-    assert_eq!(acts(&fx), vec![Effect::SetDraining, Effect::PublishNow]);
+    assert_eq!(acts(&fx), vec![Effect::SetDraining]);
     assert_eq!(draining(&st).reasons, vec![Reason::Manual]);
     let (st, fx) = run(&st, Input::Command(Command::Activate), 5);
-    assert_eq!(acts(&fx), vec![Effect::SetActive, Effect::PublishNow]);
+    assert_eq!(acts(&fx), vec![Effect::SetActive]);
     assert_eq!(st.phase, Phase::Active);
 }
 
@@ -691,7 +655,7 @@ fn restart_after_a_shutdown_drain_returns_to_active() {
     let (st, _) = run(&st, Input::Tick { tasks: Some(0) }, 5);
     assert!(matches!(st.phase, Phase::Drained { .. }));
     let (st, fx) = run(&st, Input::Restarted, 500);
-    assert_eq!(acts(&fx), vec![Effect::SetActive, Effect::PublishNow]);
+    assert_eq!(acts(&fx), vec![Effect::SetActive]);
     assert_eq!(st.phase, Phase::Active);
 }
 
@@ -705,5 +669,147 @@ fn state_round_trips_through_json_in_every_phase() {
         let text = serde_json::to_string(&s).unwrap();
         let back: State = serde_json::from_str(&text).unwrap();
         assert_eq!(back, s);
+    }
+}
+
+/// `drain.json` as the build before typed reasons wrote it: every reason kind, a scheduled event
+/// with a known code and one with a code this build does not know.
+fn state_as_written_before() -> serde_json::Value {
+    let time = |secs: u64| json!({"secs_since_epoch": secs, "nanos_since_epoch": 0});
+    json!({
+        "phase": {
+            "phase": "draining",
+            "reasons": [
+                {"kind": "spot", "action": "hibernate"},
+                {"kind": "auto-scaling"},
+                {"kind": "rebalance"},
+                {"kind": "maintenance", "event_id": "ev-1", "code": "system-reboot"},
+                {"kind": "maintenance", "event_id": "ev-2", "code": "fleet-shuffle"},
+                {"kind": "manual"},
+                {"kind": "shutdown"}
+            ],
+            "since": time(10),
+            "deadline": time(120),
+            "ecs_draining": true,
+            "tasks_remaining": 2,
+            "lifecycle": {"state": "finding", "seen_at": time(10)}
+        },
+        "handled": ["maintenance:ev-1:Active:1700003600", "spot:Hibernate:120"],
+        "scheduled": {
+            "ev-3": {"code": "instance-stop", "not_before": time(3600), "drain_at": time(2700)},
+            "ev-4": {"code": "fleet-shuffle", "not_before": time(3600), "drain_at": time(2700)}
+        }
+    })
+}
+
+#[test]
+fn state_written_before_typed_reasons_reads_as_typed_and_is_written_the_same() {
+    let old = state_as_written_before();
+    let st: State = serde_json::from_value(old.clone()).unwrap();
+    assert_eq!(
+        draining(&st).reasons,
+        vec![
+            Reason::Spot {
+                action: SpotAction::Hibernate
+            },
+            Reason::AutoScaling {
+                target: LifecycleState::Terminated
+            },
+            Reason::Rebalance,
+            Reason::Maintenance {
+                event_id: "ev-1".into(),
+                code: MaintenanceCode::SystemReboot
+            },
+            Reason::Maintenance {
+                event_id: "ev-2".into(),
+                code: MaintenanceCode::Other("fleet-shuffle".into())
+            },
+            Reason::Manual,
+            Reason::Shutdown,
+        ]
+    );
+    assert_eq!(st.scheduled["ev-3"].code, MaintenanceCode::InstanceStop);
+    assert_eq!(
+        st.scheduled["ev-4"].code,
+        MaintenanceCode::Other("fleet-shuffle".into())
+    );
+    assert_eq!(serde_json::to_value(&st).unwrap(), old);
+}
+
+#[test]
+fn a_warm_pool_target_is_written_and_read_back() {
+    let reason = Reason::AutoScaling {
+        target: LifecycleState::Warmed("Stopped".into()),
+    };
+    let text = serde_json::to_value(&reason).unwrap();
+    assert_eq!(
+        text,
+        json!({"kind": "auto-scaling", "target": "Warmed:Stopped"})
+    );
+    assert_eq!(serde_json::from_value::<Reason>(text).unwrap(), reason);
+}
+
+#[test]
+fn a_maintenance_notice_already_handled_before_is_still_handled() {
+    // The handled set of a state written before keeps matching the notices IMDS serves again.
+    let st: State = serde_json::from_value(state_as_written_before()).unwrap();
+    let st = State {
+        phase: Phase::Active,
+        ..st
+    };
+    let Notice::Maintenance(mut e) = maintenance(
+        "ev-1",
+        MaintenanceCode::SystemReboot,
+        3600,
+        MaintenanceState::Active,
+    ) else {
+        unreachable!()
+    };
+    // NotAfter is not part of the key: nothing in the drain depends on it.
+    e.not_after = Some(t(4600));
+    let (next, fx) = run(&st, Input::Notice(Notice::Maintenance(e)), 0);
+    assert!(fx.is_empty(), "{fx:?}");
+    assert_eq!(next, st);
+}
+
+#[test]
+fn every_reason_reboot_or_stop_type() {
+    let maintenance = |code| Reason::Maintenance {
+        event_id: "e".into(),
+        code,
+    };
+    let spot = |action| Reason::Spot { action };
+    let warmed = |s: &str| Reason::AutoScaling {
+        target: LifecycleState::Warmed(s.into()),
+    };
+    for (reasons, expected) in [
+        (vec![maintenance(MaintenanceCode::SystemReboot)], true),
+        (vec![maintenance(MaintenanceCode::InstanceReboot)], true),
+        (vec![maintenance(MaintenanceCode::InstanceStop)], true),
+        (
+            vec![maintenance(MaintenanceCode::InstanceRetirement)],
+            false,
+        ),
+        (
+            vec![spot(SpotAction::Stop), spot(SpotAction::Hibernate)],
+            true,
+        ),
+        (vec![spot(SpotAction::Terminate)], false),
+        (vec![warmed("Stopped"), warmed("Hibernated")], true),
+        (vec![warmed("Running")], false),
+        (
+            vec![Reason::AutoScaling {
+                target: LifecycleState::Terminated,
+            }],
+            false,
+        ),
+        (vec![Reason::Shutdown], true),
+        (vec![spot(SpotAction::Stop), Reason::Manual], false),
+        (vec![Reason::Rebalance], false),
+        (vec![], false),
+    ] {
+        let mut d = Drain::new(Reason::Manual, t(0), None);
+        d.reasons = reasons.clone();
+        assert_eq!(d.every_reason_is_reboot_or_stop(), expected, "{reasons:?}");
     }
 }

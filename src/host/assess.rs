@@ -4,19 +4,20 @@
 
 use std::collections::BTreeMap;
 
-use crate::capacity::{self, HostInput, HostReport, Quantity, TaskShape};
+use crate::capacity::{self, HostCapacity, HostInput, Quantity, TaskShape};
 use crate::config::CapacityConfig;
 use crate::host::{NetworkMode, Snapshot, Task};
 
 /// The host as the capacity model sees it. Ports taken are the agent-reserved ones plus those bound by
-/// running tasks, as ECS's remainingResources PORTS lists them. ENI slots are unknown (and do not
+/// running tasks, as ECS's remainingResources PORTS lists them. The name is the instance id, else the
+/// hostname the observer read. ENI slots are unknown (and do not
 /// constrain) until the instance type's limit is known.
 pub fn host_input(s: &Snapshot) -> HostInput {
-    let name = s.ecs.instance_id.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "localhost".into())
-    });
+    let name = s
+        .ecs
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| s.hostname.clone());
     HostInput {
         name,
         cpu_units: Quantity::new(s.registered.cpu_units, s.reserved.cpu_units),
@@ -81,11 +82,11 @@ pub fn shapes(cfg: &CapacityConfig, s: &Snapshot) -> Vec<TaskShape> {
     shapes
 }
 
-/// This host's capacity report against `shapes`.
-pub fn host_report(s: &Snapshot, shapes: &[TaskShape]) -> HostReport {
+/// This host's capacity against `shapes`.
+pub fn host_capacity(s: &Snapshot, shapes: &[TaskShape]) -> HostCapacity {
     let host = host_input(s);
     let largest = capacity::largest_task(shapes);
-    capacity::host_report(&host, largest.as_ref(), shapes)
+    capacity::host_capacity(&host, largest.as_ref(), shapes)
 }
 
 #[cfg(test)]
@@ -121,6 +122,7 @@ mod tests {
                 ..Default::default()
             },
             unavailable: Vec::new(),
+            hostname: "ip-10-0-0-1".into(),
         }
     }
 
@@ -152,6 +154,13 @@ mod tests {
         assert_eq!(host.cpu_units, Quantity::new(2048, 256));
         assert_eq!(host.memory_mib, Quantity::new(3800, 512));
         assert_eq!(host.name, "i-0123456789abcdef0");
+    }
+
+    #[test]
+    fn without_an_instance_id_the_host_goes_by_its_hostname() {
+        let mut s = snapshot(vec![], None);
+        s.ecs.instance_id = None;
+        assert_eq!(host_input(&s).name, "ip-10-0-0-1");
     }
 
     #[test]
@@ -204,7 +213,7 @@ mod tests {
         };
         let s = snapshot(vec![task("web", 256, 512, &[])], None);
         assert!(shapes(&cfg, &s).is_empty());
-        assert_eq!(host_report(&s, &[]).spare_tasks, None);
+        assert_eq!(host_capacity(&s, &[]).spare_tasks, None);
     }
 
     #[test]
@@ -220,7 +229,7 @@ mod tests {
             memory_mib: 1024,
             ..Default::default()
         };
-        let r = host_report(&s, &[shape]);
+        let r = host_capacity(&s, &[shape]);
         assert_eq!(r.spare_tasks, Some(2));
     }
 }

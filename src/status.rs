@@ -1,21 +1,23 @@
-//! What one observation produced, rendered for `status`, the stdout sink and JSON.
+//! This host's status: what one observation produced (snapshot, shapes, capacity, drain, figures),
+//! rendered as the `status` table and JSON, which the stdout sink prints too.
 
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::capacity::{HostReport, TaskShape};
+use crate::capacity::{HostCapacity, TaskShape};
 use crate::config::CapacityConfig;
 use crate::drain::DrainStatus;
 use crate::host::Snapshot;
+use crate::rfc3339;
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub struct HostStatus {
     pub snapshot: Snapshot,
     /// The shapes planned for (configured, then discovered from running tasks).
     pub shapes: Vec<TaskShape>,
     /// This host against the largest of `shapes`.
-    pub capacity: HostReport,
+    pub capacity: HostCapacity,
     /// The drain's state, where draining is on (the daemon) or its state file was read (`status`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain: Option<DrainStatus>,
@@ -24,12 +26,12 @@ pub struct Report {
     pub figures: Option<crate::metrics::figures::HostFigures>,
 }
 
-impl Report {
+impl HostStatus {
     /// Assesses a snapshot against the configured and discovered task shapes.
-    pub fn assess(snapshot: Snapshot, cfg: &CapacityConfig) -> Report {
-        let shapes = crate::assess::shapes(cfg, &snapshot);
-        let capacity = crate::assess::host_report(&snapshot, &shapes);
-        Report {
+    pub fn assess(snapshot: Snapshot, cfg: &CapacityConfig) -> HostStatus {
+        let shapes = crate::host::assess::shapes(cfg, &snapshot);
+        let capacity = crate::host::assess::host_capacity(&snapshot, &shapes);
+        HostStatus {
             snapshot,
             shapes,
             capacity,
@@ -267,23 +269,4 @@ fn fmt_cores(v: Option<f64>) -> String {
 
 fn fmt_mib(v: Option<u64>) -> String {
     v.map_or("-".into(), |b| format!("{:.1}M", b as f64 / 1048576.0))
-}
-
-/// RFC 3339 UTC timestamps for `SystemTime`.
-pub mod rfc3339 {
-    use std::time::SystemTime;
-
-    use serde::Serializer;
-    use time::OffsetDateTime;
-    use time::format_description::well_known::Rfc3339;
-
-    pub fn format(t: SystemTime) -> String {
-        OffsetDateTime::from(t)
-            .format(&Rfc3339)
-            .unwrap_or_else(|_| "?".into())
-    }
-
-    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format(*t))
-    }
 }
