@@ -508,28 +508,36 @@ impl Schedule {
             .clamp(Duration::from_millis(1), self.length)
     }
 
-    /// What a send point at `now` claims, if anything.
-    pub fn due(&mut self, now: SystemTime) -> Option<Claim> {
+    /// What a send point at `now` claims: the period that ended, and those before it back to the
+    /// last claimed (at most [`CATCH_UP_PERIODS`] in all, when the send point came late).
+    pub fn due(&mut self, now: SystemTime) -> Vec<Claim> {
         let ended = self.period(now).prev();
         let Some(last) = self.last.filter(|l| *l >= ended) else {
             self.behind = None;
-            return Some(Claim {
-                period: ended,
-                figures: Pick::ObservedIn,
-                early: false,
-            });
+            let first = ended.index.saturating_sub(CATCH_UP_PERIODS - 1);
+            let first = self.last.map_or(ended.index, |l| (l.index + 1).max(first));
+            return (first..=ended.index)
+                .map(|index| Claim {
+                    period: Period { index, ..ended },
+                    figures: Pick::ObservedIn,
+                    early: false,
+                })
+                .collect();
         };
         if self.behind.is_none() && (self.last_early || last == ended) {
             // Sent early (or a step back within a period): this send point has nothing to send.
-            return None;
+            return Vec::new();
         }
         let claim = !self.behind.unwrap_or(false);
         self.behind = Some(claim);
-        claim.then(|| Claim {
-            period: last.next(),
-            figures: Pick::Latest,
-            early: false,
-        })
+        claim
+            .then(|| Claim {
+                period: last.next(),
+                figures: Pick::Latest,
+                early: false,
+            })
+            .into_iter()
+            .collect()
     }
 
     /// What a material change at `now` claims: the period before when its send point has not come
@@ -557,42 +565,49 @@ impl Schedule {
     }
 }
 
-/// The latest observation, and the last one of an earlier period: enough to send a period after it
-/// ended even when the next period's first observation came before the send point.
+/// How many periods a wake may catch up on: the one that ended and the one before (a send point
+/// that came late, past the next period's start, on a loaded host).
+pub const CATCH_UP_PERIODS: u64 = 2;
+
+/// The last observation of each of the latest few periods (the newest last): enough to send a period
+/// after it ended, when the next period's first observations came before the send point or the
+/// send point itself came late.
 #[derive(Debug, Default, Clone)]
 pub struct Recent {
-    latest: Option<Arc<HostFigures>>,
-    before: Option<Arc<HostFigures>>,
+    last_of_period: VecDeque<Arc<HostFigures>>,
 }
 
 impl Recent {
+    const KEPT: usize = CATCH_UP_PERIODS as usize + 2;
+
     pub fn record(&mut self, f: Arc<HostFigures>, length: Duration) {
-        if self.latest.as_ref().is_some_and(|l| Arc::ptr_eq(l, &f)) {
-            return;
+        if let Some(latest) = self.last_of_period.back() {
+            if Arc::ptr_eq(latest, &f) {
+                return;
+            }
+            if Period::containing(latest.at, length) >= Period::containing(f.at, length) {
+                // The same period (or a wall clock stepped back): the newer observation replaces it.
+                self.last_of_period.pop_back();
+            }
         }
-        if let Some(latest) = &self.latest
-            && Period::containing(latest.at, length) < Period::containing(f.at, length)
-        {
-            self.before = self.latest.take();
+        self.last_of_period.push_back(f);
+        if self.last_of_period.len() > Self::KEPT {
+            self.last_of_period.pop_front();
         }
-        self.latest = Some(f);
     }
 
     pub fn latest(&self) -> Option<&Arc<HostFigures>> {
-        self.latest.as_ref()
+        self.last_of_period.back()
     }
 
     /// The last observation made in `p`, else in the period before `p` (an observation that came just
     /// late); none when the observer has not observed for longer (stale figures are not sent).
     pub fn observed_in(&self, p: Period) -> Option<&Arc<HostFigures>> {
         let length = Duration::from_secs(p.length_secs);
-        [self.latest.as_ref(), self.before.as_ref()]
-            .into_iter()
-            .flatten()
-            .find(|f| {
-                let q = Period::containing(f.at, length);
-                q <= p && q.index + 1 >= p.index
-            })
+        self.last_of_period.iter().rev().find(|f| {
+            let q = Period::containing(f.at, length);
+            q <= p && q.index + 1 >= p.index
+        })
     }
 
     pub fn pick(&self, claim: &Claim) -> Option<&Arc<HostFigures>> {
@@ -671,7 +686,7 @@ impl Publisher {
                 _ = token.cancelled() => break,
                 _ = tokio::time::sleep(wait) => {
                     self.take(&mut figures);
-                    if let Some(claim) = self.schedule.due(self.clock.now()) {
+                    for claim in self.schedule.due(self.clock.now()) {
                         self.claim_pick(claim);
                     }
                 }

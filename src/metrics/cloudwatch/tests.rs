@@ -500,12 +500,12 @@ fn simulate(
             next_obs += interval;
         }
         now = wake;
-        if let Some(claim) = schedule.due(at(now))
-            && let Some(f) = recent.pick(&claim)
-        {
-            schedule.claimed(&claim);
-            let obs = f.at.duration_since(UNIX_EPOCH).unwrap().as_secs();
-            out.push((claim.period, obs));
+        for claim in schedule.due(at(now)) {
+            if let Some(f) = recent.pick(&claim) {
+                schedule.claimed(&claim);
+                let obs = f.at.duration_since(UNIX_EPOCH).unwrap().as_secs();
+                out.push((claim.period, obs));
+            }
         }
     }
     out
@@ -546,11 +546,11 @@ fn an_early_send_takes_the_current_period_and_its_end_skips() {
     // Period 100 sent at its send point (t = 1013).
     assert_eq!(
         s.due(at(1013)),
-        Some(Claim {
+        vec![Claim {
             period: ten(100),
             figures: Pick::ObservedIn,
             early: false
-        })
+        }]
     );
     s.claimed(&regular(ten(100)));
     // A drain starts at t = 1015: period 101 goes now with the latest figures.
@@ -567,9 +567,9 @@ fn an_early_send_takes_the_current_period_and_its_end_skips() {
     assert_eq!(s.early(at(1018)), vec![]);
     // Period 101's send point finds it sent.
     assert_eq!(s.until_next(at(1018)), Duration::from_secs(5));
-    assert_eq!(s.due(at(1023)), None);
+    assert_eq!(s.due(at(1023)), vec![]);
     // And period 102 goes at its own send point.
-    assert_eq!(s.due(at(1033)).map(|c| c.period), Some(ten(102)));
+    assert_eq!(s.due(at(1033)), vec![regular(ten(102))]);
 }
 
 #[test]
@@ -597,15 +597,15 @@ fn an_early_send_before_the_send_point_sends_the_ended_period_first() {
     }
     assert_eq!(
         s.due(at(1014)),
-        None,
+        vec![],
         "period 100's send point: already sent"
     );
     assert_eq!(
         s.due(at(1024)),
-        None,
+        vec![],
         "period 101's send point: already sent"
     );
-    assert_eq!(s.due(at(1034)).map(|c| c.period), Some(ten(102)));
+    assert_eq!(s.due(at(1034)), vec![regular(ten(102))]);
     // At start (nothing claimed), the change sends the current period; the one before holds no
     // observation then and stays empty.
     let fresh = Schedule::new(Duration::from_secs(10), Duration::ZERO);
@@ -661,7 +661,12 @@ fn run_with_step(step: u64) -> Vec<(u64, Option<Period>)> {
             "no wait beyond a period: {wait:?}"
         );
         mono += wait.as_secs().max(1);
-        let claim = s.due(at(mono + skew));
+        let claims = s.due(at(mono + skew));
+        assert!(
+            claims.len() <= 1,
+            "one period per send point here: {claims:?}"
+        );
+        let claim = claims.first().copied();
         if let Some(c) = claim {
             s.claimed(&c);
         }
@@ -706,4 +711,24 @@ fn random_offsets_stay_in_the_first_half_of_the_period() {
         assert!(offsets.iter().all(|o| *o < len / 2), "{offsets:?}");
         assert!(offsets.len() > 50, "spread: {} distinct", offsets.len());
     }
+}
+
+#[test]
+fn a_late_send_point_catches_up_on_the_period_it_missed() {
+    let mut s = Schedule::new(Duration::from_secs(10), Duration::from_secs(2));
+    s.claimed(&regular(ten(100)));
+    // Period 101's send point (1022) came at 1033, past period 102's end: both go, in order.
+    assert_eq!(s.due(at(1033)), vec![regular(ten(101)), regular(ten(102))]);
+    // Much later (a forward step): only the ended period and the one before are tried.
+    assert_eq!(s.due(at(1093)), vec![regular(ten(107)), regular(ten(108))]);
+    // The observations kept: the last of each recent period, so the missed one has its own.
+    let mut recent = Recent::default();
+    for t in [1011, 1015, 1019, 1023, 1027, 1031] {
+        let mut f = figures();
+        f.at = at(t);
+        recent.record(Arc::new(f), Duration::from_secs(10));
+    }
+    assert_eq!(recent.observed_in(ten(101)).map(|f| f.at), Some(at(1019)));
+    assert_eq!(recent.observed_in(ten(102)).map(|f| f.at), Some(at(1027)));
+    assert_eq!(recent.latest().map(|f| f.at), Some(at(1031)));
 }
