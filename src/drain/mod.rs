@@ -121,7 +121,7 @@ pub struct ScheduledStatus {
 }
 
 fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&humantime::format_rfc3339_seconds(*t).to_string())
+    crate::rfc3339::serialize(t, s)
 }
 
 fn rfc3339_opt<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
@@ -191,7 +191,7 @@ impl DrainStatus {
 
     /// One line for people.
     pub fn summary(&self) -> String {
-        let t = |t: &SystemTime| humantime::format_rfc3339_seconds(*t).to_string();
+        let t = |t: &SystemTime| crate::rfc3339::format(*t).to_string();
         match self {
             DrainStatus::Idle { scheduled } if scheduled.is_empty() => "active".into(),
             DrainStatus::Idle { scheduled } => format!(
