@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod docker;
 pub mod drain;
+pub mod ecs;
 pub mod ecs_agent;
 pub mod eni;
 pub mod error;
