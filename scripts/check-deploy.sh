@@ -2,7 +2,8 @@
 # Validates deploy/ (or DEPLOY_DIR):
 # 1. every AWS SDK operation the code in src/ calls (a `.operation_name()` fluent builder of the ECS,
 #    EC2, Auto Scaling or CloudWatch client, outside tests) has an Allow statement in
-#    iam-policy.json AND in the template's AgentPolicy;
+#    iam-policy.json AND in the template's AgentPolicy, and neither allows an operation no code
+#    calls (least privilege);
 # 2. iam-policy.json has the same statements as the template's AgentPolicy;
 # 3. the CloudFormation template lints clean with cfn-lint (from .venv, installed by
 #    scripts/test-env.sh).
@@ -43,7 +44,8 @@ def listed(a):
     return [a] if isinstance(a, str) else list(a)
 
 def allowed(statements):
-    return {a.lower() for s in statements if s.get("Effect") == "Allow" for a in listed(s["Action"])}
+    """The allowed actions, by their lower-case name (IAM action names ignore case)."""
+    return {a.lower(): a for s in statements if s.get("Effect") == "Allow" for a in listed(s["Action"])}
 
 # The SDK crates: IAM service prefix, and each operation's snake_case module name.
 crates = {"aws-sdk-ecs": "ecs", "aws-sdk-ec2": "ec2", "aws-sdk-autoscaling": "autoscaling",
@@ -91,8 +93,12 @@ for where, statements in ((deploy / "iam-policy.json", policy),
     for action, site in sorted(needed.items()):
         if action.lower() not in have:
             errors.append(f"{where}: no statement allows {action}, called at {site}")
+    # Least privilege: nothing the code does not call.
+    called = {a.lower() for a in needed}
+    for action in sorted(set(have) - called):
+        errors.append(f"{where}: allows {have[action]}, which no code in src/ calls")
 if errors:
-    sys.exit("check-deploy: the IAM policy does not cover every call the code makes:\n  " + "\n  ".join(errors))
+    sys.exit("check-deploy: the IAM policy does not match the calls the code makes:\n  " + "\n  ".join(errors))
 
 def actions(statements):
     return {s["Sid"]: sorted(listed(s["Action"])) for s in statements}

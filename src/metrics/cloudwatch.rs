@@ -153,11 +153,12 @@ pub fn check_period(period: Duration, interval: Duration) -> Result<(), (&'stati
 /// read (with the `*ByResource` variants of the first two). The others (reservation, utilization,
 /// ENIs, running tasks) are on `/metrics`, and in CloudWatch with `cloudwatch.all_metrics`: each
 /// metric name × dimension set is a custom metric CloudWatch bills by the month.
-pub const ALARM_METRICS: [&str; 5] = [
+pub const ALARM_METRICS: [&str; 6] = [
     "ContainerCapacity",
     "IdleHostCapacity",
     "RemovableHosts",
     "Hosts",
+    "Placeable",
     "Draining",
 ];
 

@@ -199,8 +199,9 @@ fn check_deploy(deploy: &Path) -> (bool, String) {
     )
 }
 
-/// The shipped policy covers every SDK operation the code calls; taking one action out of both the
-/// policy and the template fails the check, naming the action and where the code calls it.
+/// The shipped policy covers every SDK operation the code calls and no other; taking one action out
+/// of both the policy and the template fails the check, naming the action and where the code calls
+/// it, and so does allowing one the code does not call.
 #[test]
 fn check_deploy_fails_when_a_called_operation_has_no_statement() {
     let root = repo_root();
@@ -236,6 +237,20 @@ fn check_deploy_fails_when_a_called_operation_has_no_statement() {
             && err.contains("iam-policy.json")
             && err.contains("capacity-alarms.yaml")
             && err.contains("src/"),
+        "{err}"
+    );
+
+    let extra = template.replace(
+        "              - ec2:DescribeInstanceTypes\n",
+        "              - ec2:DescribeInstanceTypes\n              - ec2:DescribeVolumes\n",
+    );
+    assert_ne!(extra, template);
+    std::fs::write(dir.path().join("capacity-alarms.yaml"), extra).unwrap();
+    std::fs::write(dir.path().join("iam-policy.json"), &policy).unwrap();
+    let (ok, err) = check_deploy(dir.path());
+    assert!(!ok, "an action no code calls fails the check");
+    assert!(
+        err.contains("allows ec2:DescribeVolumes, which no code in src/ calls"),
         "{err}"
     );
 }

@@ -381,6 +381,7 @@ async fn unsent_periods_stay_ambiguous_and_rejected_ones_go() {
 fn the_default_set_is_what_the_alarms_and_dashboard_read_under_cluster_name_only() {
     let mut f = figures();
     f.removable = Some(true);
+    f.placeable = Some(true);
     let d = datums(&f, &CloudWatchConfig::default());
     let mut names: Vec<_> = flat(&d).into_iter().map(|(m, _, _)| m).collect();
     names.sort();
@@ -394,6 +395,7 @@ fn the_default_set_is_what_the_alarms_and_dashboard_read_under_cluster_name_only
             "Hosts",
             "IdleHostCapacity",
             "IdleHostCapacityByResource",
+            "Placeable",
             "RemovableHosts",
         ]
     );
@@ -405,8 +407,8 @@ fn the_default_set_is_what_the_alarms_and_dashboard_read_under_cluster_name_only
         "no InstanceId by default: {:?}",
         flat(&d)
     );
-    // One datum per metric (and resource) per period: 5 + 2 × 2 constraining resources.
-    assert_eq!(d.len(), 9);
+    // One datum per metric (and resource) per period: 6 + 2 × 2 constraining resources.
+    assert_eq!(d.len(), 10);
     let per_instance = CloudWatchConfig {
         per_instance: true,
         ..CloudWatchConfig::default()
