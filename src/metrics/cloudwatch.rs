@@ -525,7 +525,7 @@ impl Schedule {
                 })
                 .collect();
         };
-        if self.behind.is_none() && (self.last_early || last == ended) {
+        if self.behind.is_none() && (last == ended || (self.last_early && last == ended.next())) {
             // Sent early (or a step back within a period): this send point has nothing to send.
             return Vec::new();
         }

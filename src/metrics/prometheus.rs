@@ -267,4 +267,84 @@ mod figures_tests {
         assert!(!out.contains("ecs_capacity_spare_tasks{"), "{out}");
         assert!(!out.contains("ecs_capacity_enis_attached"));
     }
+
+    /// `(family, type, label names of each sample)` for every family in an exposition.
+    fn families(out: &str) -> Vec<(String, String, Vec<String>)> {
+        let mut fams: Vec<(String, String, Vec<String>)> = Vec::new();
+        for line in out.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                fams.push((name.into(), kind.into(), Vec::new()));
+            } else if !line.starts_with('#') {
+                let head = line.split_once(' ').unwrap().0;
+                let (name, labels) = head.split_once('{').unwrap_or((head, ""));
+                let keys: Vec<&str> = labels
+                    .trim_end_matches('}')
+                    .split(',')
+                    .filter(|kv| !kv.is_empty())
+                    .map(|kv| kv.split_once('=').unwrap().0)
+                    .collect();
+                let fam = fams.last_mut().unwrap();
+                assert_eq!(fam.0, name, "a sample under its own family");
+                fam.2.push(keys.join(","));
+            }
+        }
+        fams
+    }
+
+    #[test]
+    fn every_family_has_one_label_set_and_counters_are_typed_counter() {
+        let f = HostFigures {
+            at: SystemTime::now(),
+            cluster: "prod".into(),
+            instance_id: "i-1".into(),
+            autoscaling_group: None,
+            spare_tasks: Some(3),
+            spare_tasks_by_resource: BTreeMap::from([("cpu", 3), ("memory", 7)]),
+            idle_fraction: Some(0.5),
+            idle_fraction_by_resource: BTreeMap::from([("cpu", 0.5), ("memory", 0.875)]),
+            cpu_reserved_pct: Some(25.0),
+            memory_reserved_pct: Some(12.5),
+            cpu_used_pct: Some(3.0),
+            memory_used_pct: Some(4.0),
+            eni_attached: Some(1),
+            eni_limit: Some(3),
+            running_tasks: 2,
+            draining: false,
+            placeable: Some(true),
+            cpu_reserved_difference: None,
+            memory_reserved_difference: None,
+            removable: Some(true),
+        };
+        let mut out = String::new();
+        render_figures(&mut out, &f);
+        let health = crate::health::Health::default();
+        health.observed();
+        health.error("observation");
+        health.error("cloudwatch_unsent");
+        out.push_str(&render(None, &health));
+        let fams = families(&out);
+        for (name, kind, label_sets) in &fams {
+            assert!(!label_sets.is_empty(), "{name}: no sample");
+            assert!(
+                label_sets.iter().all(|l| l == &label_sets[0]),
+                "{name}: one label set per family: {label_sets:?}"
+            );
+            assert_eq!(
+                kind == "counter",
+                name.ends_with("_total"),
+                "{name}: counters (and only they) end in _total and are typed counter"
+            );
+        }
+        let names: Vec<_> = fams.iter().map(|f| f.0.as_str()).collect();
+        for name in [
+            "ecs_capacity_spare_tasks",
+            "ecs_capacity_spare_tasks_by_resource",
+            "ecs_capacity_idle_fraction_by_resource",
+            "ecs_capacity_agent_observations_total",
+            "ecs_capacity_agent_errors_total",
+        ] {
+            assert!(names.contains(&name), "{name} in {names:?}");
+        }
+    }
 }

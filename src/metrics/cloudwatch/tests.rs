@@ -737,3 +737,23 @@ fn a_late_send_point_catches_up_on_the_period_it_missed() {
     assert_eq!(recent.observed_in(ten(102)).map(|f| f.at), Some(at(1027)));
     assert_eq!(recent.latest().map(|f| f.at), Some(at(1031)));
 }
+
+#[test]
+fn a_backward_step_right_after_an_early_send_does_not_stop_publishing() {
+    let mut s = Schedule::new(Duration::from_secs(10), Duration::from_secs(2));
+    s.claimed(&regular(ten(100)));
+    for c in s.early(at(1015)) {
+        s.claimed(&c);
+    }
+    assert_eq!(s.last(), Some(ten(101)));
+    // The wall clock steps back 30 s: the send point at 992 names period 98, long sent; the
+    // publisher goes on with period 102 (not a pause until the wall clock passes 101).
+    assert_eq!(
+        s.due(at(992)),
+        vec![Claim {
+            period: ten(102),
+            figures: Pick::Latest,
+            early: false
+        }]
+    );
+}
