@@ -19,6 +19,8 @@ use super::machine::State;
 const STATE_FILE: &str = "drain.json";
 const LOCK_FILE: &str = "drain.lock";
 const VERSION: u32 = 1;
+/// The state is a few KB; a larger file is not one this daemon wrote.
+const STATE_FILE_MAX_BYTES: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -35,7 +37,7 @@ pub enum StateError {
     #[error("cannot read drain state {path}: {source}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        source: crate::bounded::FileError,
     },
     #[error("drain state {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
@@ -68,6 +70,11 @@ impl Store {
             source,
         })?;
         Ok(Store { dir })
+    }
+
+    /// The store for reading only: the directory is not created (a missing one reads as no state).
+    pub fn existing(dir: impl Into<PathBuf>) -> Store {
+        Store { dir: dir.into() }
     }
 
     pub fn dir(&self) -> &Path {
@@ -133,9 +140,15 @@ impl Store {
 }
 
 fn read(path: &Path) -> Result<State, StateError> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match crate::bounded::read_text(path, STATE_FILE_MAX_BYTES) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+        Err(e) if e.is_not_found() => return Ok(State::default()),
+        Err(e) if e.is_malformed() => {
+            return Err(StateError::Parse {
+                path: path.into(),
+                message: e.to_string(),
+            });
+        }
         Err(source) => {
             return Err(StateError::Read {
                 path: path.into(),
