@@ -241,21 +241,22 @@ fn start_drain(
         tracing::error!("the instance id is unknown: no interruption notices, no draining");
         return Ok(None);
     };
-    let open = || {
-        Store::open(&cfg.agent.state_dir).map_err(|e| {
-            Error::Unavailable(format!(
-                "drain state: {e} (agent.state_dir must be writable; a drain must survive a restart)"
-            ))
-        })
-    };
+    // Not opened here: a state directory that does not work is reported, and the drain goes on from
+    // memory. Both runners share what the store holds in memory.
+    let store = Store::new(&cfg.agent.state_dir);
     let effects = Arc::new(
         AwsEffects::new(sdk, Target::from_config(cfg, instance_id.into()))
             .with_local_tasks(families)
             .with_ignored_families(cfg.drain.ignore_families.clone()),
     );
     let settings = Settings::from_config(&cfg.drain);
-    let (runner, handles) = Runner::new(settings.clone(), open()?, effects.clone(), health.clone());
-    let (shutdown, _) = Runner::new(settings, open()?, effects.clone(), health.clone());
+    let (runner, handles) = Runner::new(
+        settings.clone(),
+        store.clone(),
+        effects.clone(),
+        health.clone(),
+    );
+    let (shutdown, _) = Runner::new(settings, store, effects.clone(), health.clone());
     // Bounded: the pollers send a notice once when it appears and again only when it changes.
     let (tx, rx) = mpsc::channel(32);
     imds::spawn_pollers(

@@ -11,7 +11,10 @@ pub struct Health {
     last_publish_unix: AtomicU64,
     observations: AtomicU64,
     imds_poll_micros: AtomicU64,
+    state_write_errors: AtomicU64,
     errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// Conditions that make the daemon unhealthy until cleared, by kind, with the reason.
+    faults: Mutex<BTreeMap<&'static str, String>>,
 }
 
 fn unix_now() -> u64 {
@@ -43,6 +46,36 @@ impl Health {
         *errors.entry(kind).or_default() += 1;
     }
 
+    /// Counts a failed write of the drain state (each attempt).
+    pub fn state_write_error(&self) {
+        self.state_write_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn state_write_errors(&self) -> u64 {
+        self.state_write_errors.load(Ordering::Relaxed)
+    }
+
+    /// Marks the daemon unhealthy for `kind` (a short static name such as "drain_state") until
+    /// [`Health::clear_fault`]; a later call replaces the reason.
+    pub fn fault(&self, kind: &'static str, reason: impl Into<String>) {
+        let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        faults.insert(kind, reason.into());
+    }
+
+    /// Ends the fault `kind`; returns whether there was one.
+    pub fn clear_fault(&self, kind: &'static str) -> bool {
+        let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        faults.remove(kind).is_some()
+    }
+
+    /// The current faults, by kind, with their reasons.
+    pub fn faults(&self) -> BTreeMap<&'static str, String> {
+        self.faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn last_observation_unix(&self) -> u64 {
         self.last_observation_unix.load(Ordering::Relaxed)
     }
@@ -66,9 +99,52 @@ impl Health {
             .clone()
     }
 
-    /// Healthy while observations keep coming: none older than three intervals.
+    /// Healthy while observations keep coming (none older than three intervals) and no fault is set.
     pub fn is_healthy(&self, interval: Duration) -> bool {
+        self.unhealthy_reasons(interval).is_empty()
+    }
+
+    /// Why the daemon is unhealthy, one line per reason; empty when it is healthy.
+    pub fn unhealthy_reasons(&self, interval: Duration) -> Vec<String> {
         let last = self.last_observation_unix();
-        last != 0 && unix_now().saturating_sub(last) <= 3 * interval.as_secs().max(1)
+        let mut reasons = Vec::new();
+        if last == 0 || unix_now().saturating_sub(last) > 3 * interval.as_secs().max(1) {
+            reasons.push("no recent observation".to_string());
+        }
+        reasons.extend(
+            self.faults()
+                .into_iter()
+                .map(|(kind, reason)| format!("{kind}: {reason}")),
+        );
+        reasons
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fault_makes_it_unhealthy_with_its_reason_until_cleared() {
+        let h = Health::default();
+        h.observed();
+        let interval = Duration::from_secs(10);
+        assert!(h.is_healthy(interval));
+        h.fault(
+            "drain_state",
+            "cannot write /x/drain.json: No space left on device",
+        );
+        assert!(!h.is_healthy(interval));
+        assert_eq!(
+            h.unhealthy_reasons(interval),
+            ["drain_state: cannot write /x/drain.json: No space left on device"]
+        );
+        assert!(h.clear_fault("drain_state"));
+        assert!(!h.clear_fault("drain_state"));
+        assert!(h.is_healthy(interval));
+        assert_eq!(
+            Health::default().unhealthy_reasons(interval),
+            ["no recent observation"]
+        );
     }
 }

@@ -27,7 +27,7 @@ pub use machine::{
     Command, Done, Effect, Failure, Hook, Input, Level, Lifecycle, LifecycleResult, Phase,
     Settings, State,
 };
-pub use state::{StateError, Store};
+pub use state::{Degraded, StateError, Store};
 
 use crate::health::Health;
 use crate::notice::Notice;
@@ -233,10 +233,10 @@ impl DrainStatus {
     }
 }
 
-/// The drain status recorded under `state_dir`, for `status` (no lock: writes are atomic renames).
+/// The drain status recorded under `state_dir`, for `status` (no lock: writes are atomic renames;
+/// nothing is created or changed).
 pub fn status_from_disk(state_dir: &Path) -> Result<DrainStatus, StateError> {
-    let store = Store::open(state_dir)?;
-    Ok(DrainStatus::from_state(&store.load()?))
+    Ok(DrainStatus::from_state(&Store::new(state_dir).load()?))
 }
 
 /// What the daemon's other parts hold on to.
@@ -262,14 +262,8 @@ impl Runner {
         effects: impl Effects,
         health: Arc<Health>,
     ) -> (Runner, Handles) {
-        let initial =
-            store
-                .load()
-                .map(|s| DrainStatus::from_state(&s))
-                .unwrap_or(DrainStatus::Idle {
-                    scheduled: Vec::new(),
-                });
-        let (status, status_rx) = watch::channel(initial);
+        let store = store.with_health(health.clone());
+        let (status, status_rx) = watch::channel(DrainStatus::from_state(&store.current()));
         let runner = Runner {
             settings,
             store,
@@ -280,8 +274,12 @@ impl Runner {
         (runner, Handles { status: status_rx })
     }
 
-    /// Runs until `token` is cancelled. Resumes whatever drain the state directory holds.
+    /// Runs until `token` is cancelled. Resumes whatever drain the state directory holds. A state
+    /// directory that does not work (reported by the store) does not keep it from draining.
     pub async fn run(self, notices: mpsc::Receiver<Notice>, token: CancellationToken) {
+        if let Err(e) = self.store.prepare() {
+            tracing::error!(error = %e, "the drain state directory does not work: draining from memory until it does");
+        }
         self.apply(Input::Restarted).await;
         let mut notices = Some(notices);
         let mut ticker = tokio::time::interval(self.settings.check_interval);
@@ -308,8 +306,8 @@ impl Runner {
     /// Counts the remaining tasks when a drain is under way and runs one periodic step.
     pub async fn tick(&self) {
         let counting = matches!(
-            self.store.load().map(|s| s.phase),
-            Ok(Phase::Draining(ref d)) if d.ecs_draining
+            self.store.current().phase,
+            Phase::Draining(ref d) if d.ecs_draining
         );
         let tasks = if counting {
             match self.effects.remaining_tasks().await {
@@ -326,9 +324,9 @@ impl Runner {
         self.apply(Input::Tick { tasks }).await;
     }
 
-    /// Steps the machine with `input` and everything its effects lead to. Errors writing the state
-    /// are logged: the effects of a step whose state could not be recorded are not performed.
-    /// Returns the outcomes of the effects performed.
+    /// Steps the machine with `input` and everything its effects lead to. A step whose state could
+    /// not be written is acted on all the same, from memory (the store reports it and writes it
+    /// later). Returns the outcomes of the effects performed.
     pub async fn apply(&self, input: Input) -> Vec<Done> {
         let mut performed = Vec::new();
         let mut queue = VecDeque::from([input]);
@@ -340,12 +338,7 @@ impl Runner {
                 (DrainStatus::from_state(state), effects)
             });
             let (status, effects) = match stepped {
-                Ok(v) => v,
-                Err(e) => {
-                    self.health.error("drain_state");
-                    tracing::error!(error = %e, "cannot record the drain state; not acting on it");
-                    continue;
-                }
+                Ok(v) | Err(Degraded { value: v, .. }) => v,
             };
             self.status.send_replace(status);
             for effect in effects {
@@ -403,7 +396,7 @@ impl Runner {
         }
     }
 
-    /// The current status as recorded on disk.
+    /// The current status as recorded on disk (or held in memory while it cannot be written).
     pub fn status(&self) -> Result<DrainStatus, StateError> {
         Ok(DrainStatus::from_state(&self.store.load()?))
     }

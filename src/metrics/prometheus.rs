@@ -68,10 +68,14 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
 }
 
 async fn healthz(State(s): State<Shared>) -> impl IntoResponse {
-    if s.health.is_healthy(s.interval) {
-        (StatusCode::OK, "ok\n")
+    let reasons = s.health.unhealthy_reasons(s.interval);
+    if reasons.is_empty() {
+        (StatusCode::OK, "ok\n".to_string())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "no recent observation\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            reasons.iter().map(|r| format!("{r}\n")).collect(),
+        )
     }
 }
 
@@ -162,6 +166,15 @@ pub fn render(report: Option<&HostStatus>, health: &Health) -> String {
             health.imds_poll_seconds(),
         ),
     );
+    write_family(
+        &mut out,
+        &Family {
+            name: "ecs_capacity_agent_state_write_errors_total",
+            help: "Failed writes of the drain state since start (the drain goes on from memory).",
+            kind: "counter",
+            samples: vec![(String::new(), health.state_write_errors() as f64)],
+        },
+    );
     let errors = health.errors();
     write_family(
         &mut out,
@@ -250,5 +263,24 @@ mod figures_tests {
         }
         assert!(!out.contains("ecs_capacity_memory_reserved_percent"));
         assert!(!out.contains("ecs_capacity_enis_attached"));
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+
+    #[test]
+    fn state_write_errors_are_a_typed_counter() {
+        let health = Health::default();
+        health.state_write_error();
+        health.state_write_error();
+        let out = render(None, &health);
+        for line in [
+            "# TYPE ecs_capacity_agent_state_write_errors_total counter",
+            "ecs_capacity_agent_state_write_errors_total 2",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} missing in\n{out}");
+        }
     }
 }

@@ -6,6 +6,7 @@ mod cgroup_real;
 mod cluster;
 mod daemon;
 mod drain;
+mod drain_state;
 mod foundation;
 mod host;
 mod imds;
