@@ -51,6 +51,9 @@ fn host(i: usize) -> HostFigures {
         eni_limit: Some(4),
         running_tasks: 5,
         draining: false,
+        placeable: None,
+        cpu_reserved_difference: None,
+        memory_reserved_difference: None,
         removable: Some(false),
     }
 }

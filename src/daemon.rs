@@ -9,9 +9,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Loaded, SinkKind, Toggle};
-use crate::drain::{AwsEffects, DrainStatus, Runner, Settings, Store, Target};
+use crate::drain::{AwsEffects, DrainStatus, Handles, Runner, Settings, Store, Target};
+use crate::ecs::{self, ClusterShapes, Definitions, EcsReading};
 use crate::error::Error;
 use crate::health::Health;
+use crate::host::assess::EcsContext;
 use crate::host::{self, InstanceFacts, Observer, Snapshot};
 use crate::imds;
 use crate::metrics;
@@ -55,37 +57,26 @@ pub async fn detect_reach(cfg: &Config) -> Reach {
             );
             false
         }
-        Toggle::Auto => {
-            let endpoint = crate::aws::imds_endpoint();
-            let ok = probe_imds(&endpoint, cfg.imds.timeout).await;
-            if !ok {
-                tracing::warn!(
-                    endpoint,
-                    "IMDS did not answer: not on EC2, or the hop limit is 1 and this runs in a container. \
-                     AWS features are off: no interruption notices, no draining, no CloudWatch; local sinks only"
-                );
+        Toggle::Auto => match imds::Client::new(&cfg.imds) {
+            Ok(client) => match client.probe().await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(
+                        endpoint = client.endpoint(),
+                        error = %e,
+                        "IMDS did not answer: not on EC2, or the hop limit is 1 and this runs in a container. \
+                         AWS features are off: no interruption notices, no draining, no CloudWatch; local sinks only"
+                    );
+                    false
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "no IMDS client: AWS features are off; local sinks only");
+                false
             }
-            ok
-        }
+        },
     };
     Reach { aws }
-}
-
-async fn probe_imds(endpoint: &str, timeout: Duration) -> bool {
-    let Ok(client) = reqwest::Client::builder()
-        .timeout(timeout)
-        .no_proxy()
-        .build()
-    else {
-        return false;
-    };
-    client
-        .put(format!("{endpoint}/latest/api/token"))
-        .header("X-aws-ec2-metadata-token-ttl-seconds", "60")
-        .send()
-        .await
-        .map(|r| r.status().is_success())
-        .unwrap_or(false)
 }
 
 /// One observation of the host (for `status`). A source that cannot be read is recorded in
@@ -94,16 +85,118 @@ pub async fn observe(cfg: &Config) -> Result<Snapshot, Error> {
     host::observe_once(cfg).await
 }
 
+/// How long `status` waits for AWS (IMDS, ECS) before it reports without it.
+const STATUS_AWS_BUDGET: Duration = Duration::from_secs(15);
+
+/// `status`: one observation assessed as the daemon would. With AWS on it asks IMDS for this
+/// instance, and ECS for the task definitions (cached in `agent.state_dir`), the cluster's task
+/// shapes (the cache when ECS does not answer) and this container instance.
 pub async fn observe_once(cfg: &Config) -> Result<HostStatus, Error> {
-    Ok(HostStatus::assess(observe(cfg).await?, &cfg.capacity))
+    let reach = detect_reach(cfg).await;
+    if !reach.aws {
+        let mut snapshot = observe(cfg).await?;
+        let definitions = Definitions::new(None, &cfg.agent.cluster, &cfg.agent.state_dir);
+        ecs::apply_reservations(&mut snapshot, &definitions, &[]).await;
+        return Ok(HostStatus::assess(
+            snapshot,
+            &cfg.capacity,
+            None,
+            &EcsContext::default(),
+        ));
+    }
+    let sdk = crate::aws::sdk_config().await;
+    let client = imds::Client::new(&cfg.imds).ok();
+    let facts = match &client {
+        Some(c) => tokio::time::timeout(STATUS_AWS_BUDGET, instance_facts(c))
+            .await
+            .unwrap_or_default(),
+        None => InstanceFacts::default(),
+    };
+    let lifecycle = match &client {
+        Some(c) => lifecycle_state(c).await,
+        None => None,
+    };
+    let instance_id = facts.instance_id.clone();
+    let mut snapshot = host::observe_once_with(cfg, facts).await?;
+    let ecs_client = aws_sdk_ecs::Client::new(&sdk);
+    let cluster = &cfg.agent.cluster;
+    let definitions = Definitions::new(Some(ecs_client.clone()), cluster, &cfg.agent.state_dir);
+    let mut ctx = EcsContext {
+        aws: true,
+        lifecycle,
+        ..EcsContext::default()
+    };
+    let shapes = if cfg.capacity.discover_shapes {
+        match tokio::time::timeout(
+            STATUS_AWS_BUDGET,
+            ecs::shapes::fetch(&ecs_client, &definitions, cluster),
+        )
+        .await
+        {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(e)) => {
+                snapshot
+                    .unavailable
+                    .push(format!("cluster shapes: {e} (cache used)"));
+                ecs::shapes::load(&cfg.agent.state_dir, cluster)
+            }
+            Err(_) => {
+                snapshot
+                    .unavailable
+                    .push("cluster shapes: ECS did not answer in time (cache used)".into());
+                ecs::shapes::load(&cfg.agent.state_dir, cluster)
+            }
+        }
+    } else {
+        None
+    };
+    let daemons = shapes
+        .as_ref()
+        .map(|s| s.daemons.clone())
+        .unwrap_or_default();
+    ecs::apply_reservations(&mut snapshot, &definitions, &daemons).await;
+    match &instance_id {
+        Some(id) => {
+            let arn = snapshot.ecs.container_instance_arn.clone();
+            let read = tokio::time::timeout(
+                STATUS_AWS_BUDGET,
+                ecs::instance::describe(&ecs_client, cluster, id.as_str(), arn.as_deref()),
+            )
+            .await
+            .unwrap_or_else(|_| Err("ECS did not answer in time".into()));
+            match read {
+                Ok(instance) => {
+                    ctx.reading = Some(Arc::new(EcsReading {
+                        seq: 1,
+                        at: std::time::SystemTime::now(),
+                        instance: Ok(instance),
+                    }))
+                }
+                Err(e) => ctx.error = Some(e),
+            }
+        }
+        None => ctx.error = Some("the instance id is unknown (IMDS did not say)".into()),
+    }
+    Ok(HostStatus::assess(
+        snapshot,
+        &cfg.capacity,
+        shapes.as_ref(),
+        &ctx,
+    ))
 }
 
-/// What the drain side hands the rest of the daemon.
-struct DrainParts {
-    status: watch::Receiver<DrainStatus>,
-    /// A second runner on the same state, for the drain before a system shutdown (`run` consumes the
-    /// first one).
-    shutdown: Runner,
+/// IMDS `autoscaling/target-lifecycle-state`: `None` when the instance is in no Auto Scaling group
+/// (404) or IMDS did not answer.
+async fn lifecycle_state(client: &imds::Client) -> Option<String> {
+    match client.get("autoscaling/target-lifecycle-state").await {
+        Ok(state) => state
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty()),
+        Err(e) => {
+            tracing::debug!(error = %e, "IMDS: no Auto Scaling lifecycle state");
+            None
+        }
+    }
 }
 
 /// Runs until `shutdown` resolves, then lets in-flight work finish and returns.
@@ -138,12 +231,56 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
     let observer = Observer::start(cfg.clone(), token.clone(), &tracker).await;
 
     let mut drain = None;
+    let (shapes_tx, shapes_rx) = watch::channel::<Option<Arc<ClusterShapes>>>(None);
+    let (reading_tx, reading_rx) = watch::channel::<Option<Arc<EcsReading>>>(None);
+    let (arn_tx, arn_rx) = watch::channel::<Option<String>>(None);
+    let mut ecs_parts = EcsParts {
+        aws: reach.aws,
+        definitions: Arc::new(Definitions::new(
+            None,
+            &cfg.agent.cluster,
+            &cfg.agent.state_dir,
+        )),
+        shapes: shapes_rx,
+        reading: reading_rx,
+        arn: arn_tx,
+        imds: None,
+    };
     if reach.aws {
         let sdk = crate::aws::sdk_config().await;
+        let ecs_client = aws_sdk_ecs::Client::new(&sdk);
+        let definitions = Arc::new(Definitions::new(
+            Some(ecs_client.clone()),
+            &cfg.agent.cluster,
+            &cfg.agent.state_dir,
+        ));
+        ecs_parts.definitions = definitions.clone();
+        if cfg.capacity.discover_shapes {
+            tracker.spawn(ecs::shapes::follow(
+                ecs_client.clone(),
+                definitions,
+                cfg.agent.cluster.clone(),
+                cfg.agent.state_dir.clone(),
+                shapes_tx,
+                token.clone(),
+            ));
+        }
         match imds::Client::new(&cfg.imds) {
             Ok(client) => {
                 let client = Arc::new(client);
+                ecs_parts.imds = Some(client.clone());
                 let facts = instance_facts(&client).await;
+                if let Some(id) = &facts.instance_id {
+                    tracker.spawn(ecs::instance::follow(
+                        ecs_client.clone(),
+                        cfg.agent.cluster.clone(),
+                        id.to_string(),
+                        arn_rx,
+                        observer.changes(),
+                        reading_tx,
+                        token.clone(),
+                    ));
+                }
                 observer
                     .set_instance(facts.clone(), Some(aws_sdk_ec2::Client::new(&sdk)))
                     .await;
@@ -173,6 +310,7 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
     tracker.spawn(observe_loop(
         cfg.clone(),
         observer,
+        ecs_parts,
         health.clone(),
         report_tx,
         families_tx,
@@ -188,7 +326,7 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some(d) = drain.as_ref().filter(|_| cfg.drain.drain_on_shutdown) {
         // Everything else keeps running meanwhile: the observer still counts the tasks.
         crate::drain::drain_before_shutdown(
-            &d.shutdown,
+            d,
             cfg.drain.shutdown_drain_timeout,
             crate::drain::system_is_stopping,
         )
@@ -236,27 +374,26 @@ fn start_drain(
     health: &Arc<Health>,
     token: &CancellationToken,
     tracker: &TaskTracker,
-) -> Result<Option<DrainParts>, Error> {
+) -> Result<Option<Handles>, Error> {
     let Some(instance_id) = instance_id else {
         tracing::error!("the instance id is unknown: no interruption notices, no draining");
         return Ok(None);
     };
-    // Not opened here: a state directory that does not work is reported, and the drain goes on from
-    // memory. Both runners share what the store holds in memory.
+    // Not opened here: the runner tests the directory when it starts, and a state directory that
+    // does not work is reported while the drain goes on from memory.
     let store = Store::new(&cfg.agent.state_dir);
     let effects = Arc::new(
         AwsEffects::new(sdk, Target::from_config(cfg, instance_id.into()))
             .with_local_tasks(families)
             .with_ignored_families(cfg.drain.ignore_families.clone()),
     );
-    let settings = Settings::from_config(&cfg.drain);
+    // The one runner over the state: notices come on `rx`, the shutdown drain through `handles`.
     let (runner, handles) = Runner::new(
-        settings.clone(),
-        store.clone(),
+        Settings::from_config(&cfg.drain),
+        store,
         effects.clone(),
         health.clone(),
     );
-    let (shutdown, _) = Runner::new(settings, store, effects.clone(), health.clone());
     // Bounded: the pollers send a notice once when it appears and again only when it changes.
     let (tx, rx) = mpsc::channel(32);
     imds::spawn_pollers(
@@ -270,16 +407,26 @@ fn start_drain(
     tracker.spawn(runner.run(rx, token.clone()));
     let resolving = token.clone();
     tracker.spawn(async move { effects.resolve_ahead(&resolving).await });
-    Ok(Some(DrainParts {
-        status: handles.status,
-        shutdown,
-    }))
+    Ok(Some(handles))
+}
+
+/// What the observe loop needs of ECS: the task definitions, the cluster's shapes, this container
+/// instance's reconciliations, and IMDS for the lifecycle state.
+struct EcsParts {
+    aws: bool,
+    definitions: Arc<Definitions>,
+    shapes: watch::Receiver<Option<Arc<ClusterShapes>>>,
+    reading: watch::Receiver<Option<Arc<EcsReading>>>,
+    /// The container instance ARN, once the ECS agent has told it.
+    arn: watch::Sender<Option<String>>,
+    imds: Option<Arc<imds::Client>>,
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn observe_loop(
     cfg: Arc<Config>,
     observer: Observer,
+    mut ecs_parts: EcsParts,
     health: Arc<Health>,
     report_tx: watch::Sender<Option<Arc<HostStatus>>>,
     families_tx: watch::Sender<Option<Vec<String>>>,
@@ -297,6 +444,8 @@ async fn observe_loop(
     let watchdog = crate::systemd::watchdog_interval();
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let mut ready = false;
+    let mut agreement = ecs::Agreement::default();
+    let mut last_ok: Option<Arc<EcsReading>> = None;
     loop {
         // A task that starts or stops is a material change: observe (and publish) at once.
         let material = tokio::select! {
@@ -314,11 +463,48 @@ async fn observe_loop(
             }
             // A drain that starts or ends is one too: the figures must say so before they go out.
             Some(()) = drain_changed(drain.as_mut()) => true,
+            // So is what ECS says of this host (DRAINING set by someone else, the agent gone).
+            Ok(()) = ecs_parts.reading.changed() => true,
+            Ok(()) = ecs_parts.shapes.changed() => false,
         };
+        let reading = ecs_parts.reading.borrow_and_update().clone();
+        let error = match reading.as_deref().map(|r| &r.instance) {
+            Some(Err(e)) => Some(e.clone()),
+            _ => None,
+        };
+        if reading.as_deref().is_some_and(|r| r.instance.is_ok()) {
+            last_ok = reading;
+        }
+        let cluster_shapes = ecs_parts.shapes.borrow_and_update().clone();
         match observer.snapshot().await {
-            Ok(snapshot) => {
+            Ok(mut snapshot) => {
+                if let Some(arn) = &snapshot.ecs.container_instance_arn {
+                    ecs_parts.arn.send_if_modified(|old| {
+                        let changed = old.as_ref() != Some(arn);
+                        *old = Some(arn.clone());
+                        changed
+                    });
+                }
+                let daemons = cluster_shapes
+                    .as_deref()
+                    .map(|c| c.daemons.as_slice())
+                    .unwrap_or_default();
+                ecs::apply_reservations(&mut snapshot, &ecs_parts.definitions, daemons).await;
                 families_tx.send_replace(Some(snapshot.task_families()));
-                let mut report = HostStatus::assess(snapshot, &cfg.capacity);
+                let lifecycle = match &ecs_parts.imds {
+                    Some(client) => lifecycle_state(client).await,
+                    None => None,
+                };
+                let ctx = EcsContext {
+                    aws: ecs_parts.aws,
+                    reading: last_ok.clone(),
+                    error: error.clone(),
+                    lifecycle,
+                    agreement,
+                };
+                let mut report =
+                    HostStatus::assess(snapshot, &cfg.capacity, cluster_shapes.as_deref(), &ctx);
+                agreement = report.agreement;
                 report.drain = drain
                     .as_mut()
                     .map(|status| status.borrow_and_update().clone());
@@ -373,6 +559,13 @@ fn figures_of(cfg: &Config, report: &HostStatus) -> HostFigures {
         eni_limit: s.eni.limit,
         running_tasks: u32::try_from(s.tasks.len()).unwrap_or(u32::MAX),
         draining: report.drain.as_ref().is_some_and(DrainStatus::is_draining),
+        placeable: report.placement.placeable,
+        capacity_unknown: report.capacity_unknown.clone(),
+        cpu_reserved_difference: report.ecs.as_ref().and_then(|e| e.cpu_reserved_difference),
+        memory_reserved_difference: report
+            .ecs
+            .as_ref()
+            .and_then(|e| e.memory_reserved_difference),
         removable: None,
     };
     HostFigures::from_host(facts, &report.capacity)

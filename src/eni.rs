@@ -6,7 +6,8 @@
 //!   the physical interfaces in sysfs (those with a `device` link: ENIs, not veth/bridges/lo);
 //! - limit: EC2 DescribeInstanceTypes `NetworkInfo.MaximumNetworkInterfaces`, cached on disk per
 //!   instance type (it never changes for a type) under `agent.state_dir`;
-//! - trunk: an attached interface whose EC2 InterfaceType is `trunk` (DescribeNetworkInterfaces);
+//! - trunk: the container instance's `ecs.awsvpc-trunk-id` attribute in ECS (set once ECS has
+//!   attached the trunk), read at each reconciliation;
 //! - slots: limit − 1 (the primary ENI cannot be used by a task), or with a trunk the branch-ENI
 //!   limit from the Amazon ECS Developer Guide table "Supported Amazon EC2 instance types" for
 //!   increased ENI density (eni-trunking-supported-instance-types.html).
@@ -165,11 +166,6 @@ pub enum EniError {
         instance_type: String,
         message: String,
     },
-    #[error("EC2 DescribeNetworkInterfaces for {instance_id}: {message}")]
-    DescribeNetworkInterfaces {
-        instance_id: String,
-        message: String,
-    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -254,33 +250,6 @@ pub async fn max_interfaces(
     let limit = limit as u32;
     store_limit(state_dir, instance_type, limit);
     Ok(limit)
-}
-
-/// Whether a trunk ENI is attached to `instance_id` (EC2 DescribeNetworkInterfaces,
-/// filter `attachment.instance-id`, InterfaceType `trunk`).
-pub async fn trunk_attached(
-    ec2: &aws_sdk_ec2::Client,
-    instance_id: &str,
-) -> Result<bool, EniError> {
-    use aws_sdk_ec2::types::{Filter, NetworkInterfaceType};
-    let out = ec2
-        .describe_network_interfaces()
-        .filters(
-            Filter::builder()
-                .name("attachment.instance-id")
-                .values(instance_id)
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(|e| EniError::DescribeNetworkInterfaces {
-            instance_id: instance_id.into(),
-            message: DisplayErrorContext(&e).to_string(),
-        })?;
-    Ok(out
-        .network_interfaces()
-        .iter()
-        .any(|n| n.interface_type() == Some(&NetworkInterfaceType::Trunk)))
 }
 
 #[cfg(test)]

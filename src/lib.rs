@@ -1,7 +1,6 @@
 //! ecs-capacity-agent: observes an ECS container instance, reports its spare capacity and drains it
 //! before it goes away. README.md describes what it does and how it is configured.
 
-pub mod assess;
 pub mod aws;
 pub mod capacity;
 pub mod cgroup;
@@ -11,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod docker;
 pub mod drain;
+pub mod ecs;
 pub mod ecs_agent;
 pub mod eni;
 pub mod error;

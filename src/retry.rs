@@ -7,6 +7,18 @@ use std::time::Duration;
 
 use rand::RngExt as _;
 
+/// A periodic call's next wait: uniformly random within ±20 % of `period`, so a fleet started
+/// together does not call AWS in step.
+pub fn jittered(period: Duration) -> Duration {
+    let low = period.mul_f64(0.8).as_nanos();
+    let high = period.mul_f64(1.2).as_nanos();
+    if high <= low {
+        return period;
+    }
+    let nanos = rand::rng().random_range(low..=high);
+    Duration::from_nanos(nanos.min(u64::MAX as u128) as u64)
+}
+
 /// Exponential backoff with full jitter, capped.
 #[derive(Debug, Clone)]
 pub struct Backoff {

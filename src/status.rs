@@ -8,35 +8,58 @@ use serde::Serialize;
 use crate::capacity::{HostCapacity, TaskShape};
 use crate::config::CapacityConfig;
 use crate::drain::DrainStatus;
+use crate::ecs::{ClusterShapes, EcsView, Placement};
 use crate::host::Snapshot;
+use crate::host::assess::{EcsContext, ShapeSource};
 use crate::rfc3339;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct HostStatus {
     pub snapshot: Snapshot,
-    /// The shapes planned for (configured, then discovered from running tasks).
+    /// The shapes planned for.
     pub shapes: Vec<TaskShape>,
+    /// Where they came from (configured, the cluster's services, or the running tasks).
+    pub shape_sources: Vec<ShapeSource>,
     /// This host against the largest of `shapes`.
     pub capacity: HostCapacity,
+    /// Why the capacity figures are unknown (nothing is published for them); `null` when known.
+    pub capacity_unknown: Option<String>,
+    /// Whether ECS would place a task here, and if not why (then the host offers no room).
+    pub placement: Placement,
+    /// What ECS said of this container instance at the last reconciliation; `null` with AWS off.
+    pub ecs: Option<EcsView>,
     /// The drain's state, where draining is on (the daemon) or its state file was read (`status`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain: Option<DrainStatus>,
     /// What is published for this host (CloudWatch, Prometheus); set by the daemon.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub figures: Option<crate::metrics::figures::HostFigures>,
+    /// The count of disagreements with ECS, carried to the next assessment.
+    #[serde(skip)]
+    pub agreement: crate::ecs::Agreement,
 }
 
 impl HostStatus {
-    /// Assesses a snapshot against the configured and discovered task shapes.
-    pub fn assess(snapshot: Snapshot, cfg: &CapacityConfig) -> HostStatus {
-        let shapes = crate::assess::shapes(cfg, &snapshot);
-        let capacity = crate::assess::host_capacity(&snapshot, &shapes);
+    /// Assesses a snapshot (its reservations already applied) against the shapes to plan for and
+    /// what ECS says of this host.
+    pub fn assess(
+        mut snapshot: Snapshot,
+        cfg: &CapacityConfig,
+        cluster: Option<&ClusterShapes>,
+        ctx: &EcsContext,
+    ) -> HostStatus {
+        let a = crate::host::assess::assess(&mut snapshot, cfg, cluster, ctx);
         HostStatus {
             snapshot,
-            shapes,
-            capacity,
+            shapes: a.shapes,
+            shape_sources: a.shape_sources,
+            capacity: a.capacity,
+            capacity_unknown: a.capacity_unknown,
+            placement: a.placement,
+            ecs: a.ecs,
             drain: None,
             figures: None,
+            agreement: a.agreement,
         }
     }
 
@@ -189,13 +212,69 @@ impl HostStatus {
         let c = &self.capacity;
         let count = |v: Option<u64>| v.map_or("-".to_string(), |n| n.to_string());
         let frac = |v: Option<f64>| v.map_or("-".to_string(), |f| format!("{f:.2}"));
+        let sources = self
+            .shape_sources
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(" + ");
+        if let Some(e) = &self.ecs {
+            let _ = writeln!(
+                out,
+                "\necs          {}  agent connected {}  reconciled {}{}{}",
+                e.status
+                    .as_deref()
+                    .unwrap_or(if e.registered == Some(false) {
+                        "not registered"
+                    } else {
+                        "?"
+                    }),
+                e.agent_connected
+                    .map_or("?", |c| if c { "yes" } else { "no" }),
+                e.reconciled_at.as_deref().unwrap_or("never"),
+                match (e.cpu_reserved_difference, e.memory_reserved_difference) {
+                    (Some(c), Some(m)) => format!(
+                        "  local - ECS reserved: cpu {c:+} memory {m:+} ({} in a row){}",
+                        e.disagreements,
+                        if e.figures_from_ecs {
+                            ", ECS's figures used"
+                        } else {
+                            ""
+                        }
+                    ),
+                    _ => String::new(),
+                },
+                e.error
+                    .as_deref()
+                    .map(|e| format!("  (last error: {e})"))
+                    .unwrap_or_default()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "placeable    {}{}",
+            match self.placement.placeable {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "?",
+            },
+            if self.placement.why_not.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", self.placement.why_not.join("; "))
+            }
+        );
+        if let Some(why) = &self.capacity_unknown {
+            let _ = writeln!(out, "\ncapacity: unknown: {why}");
+        }
         let Some(largest) = crate::capacity::largest_task(&self.shapes) else {
             let _ = writeln!(
                 out,
-                "\ncapacity: no task shape configured or running; set [capacity] task_shapes"
+                "\ncapacity: no task shape: none configured ([capacity] task_shapes), no service in the cluster, no task running"
             );
             return;
         };
+        let _ = writeln!(out, "shapes from {sources}");
         let _ = writeln!(
             out,
             "\ncapacity against the largest task ({}: {} cpu units, {} MiB{}{}{})",

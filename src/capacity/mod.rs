@@ -22,10 +22,13 @@
 //! - With no task shape at all there is nothing to plan for: every figure is 0 / `None` and neither
 //!   decision is taken.
 
+mod definition;
 mod shape;
 
+pub use definition::{Definition, definition_key};
 pub use shape::{
-    ContainerNeeds, NetworkMode, PortMapping, ShapeError, parse_task_cpu, parse_task_memory,
+    ContainerNeeds, MemoryRule, NetworkMode, PortMapping, ShapeError, parse_task_cpu,
+    parse_task_memory,
 };
 
 use std::collections::BTreeSet;

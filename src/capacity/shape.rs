@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::TaskShape;
 use crate::config::TaskShapeConfig;
@@ -46,7 +46,7 @@ pub enum ShapeError {
 
 /// A task's network mode: the task definition's `networkMode`, or what the ECS agent made of it in
 /// Docker for a running task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
     /// ECS's default on Linux when the task definition sets none.
@@ -88,15 +88,27 @@ impl std::fmt::Display for NetworkMode {
 }
 
 /// One port mapping as a task definition states it (values as the API gives them, unchecked).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PortMapping {
     pub container_port: Option<i64>,
     pub host_port: Option<i64>,
     pub udp: bool,
 }
 
+/// Which memory figure of a container counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryRule {
+    /// What a new copy needs to be sure to fit: the hard limit when set, else the soft reservation.
+    NewCopy,
+    /// What a placed copy takes from the instance in ECS's accounting: the soft reservation when
+    /// set, else the hard limit (ContainerDefinition `memoryReservation`: "that value is subtracted
+    /// from the available memory resources for the container instance … Otherwise, the value of
+    /// memory is used").
+    Reserved,
+}
+
 /// What one container definition asks for (values as the API gives them, unchecked).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ContainerNeeds {
     pub name: String,
     pub cpu_units: i64,
@@ -153,9 +165,29 @@ fn non_negative(
 }
 
 impl TaskShape {
-    /// A shape from a task definition's parts. `name` is the family.
+    /// What a new copy of a task definition needs. `name` is the family.
     pub fn from_definition(
         name: &str,
+        network_mode: NetworkMode,
+        task_cpu: Option<&str>,
+        task_memory: Option<&str>,
+        containers: &[ContainerNeeds],
+    ) -> Result<TaskShape, ShapeError> {
+        TaskShape::from_definition_by(
+            name,
+            MemoryRule::NewCopy,
+            network_mode,
+            task_cpu,
+            task_memory,
+            containers,
+        )
+    }
+
+    /// A shape from a task definition's parts: task-level cpu/memory when set, else the sums over
+    /// the containers, where `memory` says which of a container's two memory figures counts.
+    pub fn from_definition_by(
+        name: &str,
+        memory: MemoryRule,
         network_mode: NetworkMode,
         task_cpu: Option<&str>,
         task_memory: Option<&str>,
@@ -167,8 +199,11 @@ impl TaskShape {
         let mut udp_ports = BTreeSet::new();
         for c in containers {
             cpu_sum += non_negative(name, &c.name, "cpu", c.cpu_units)?;
-            let memory = c.memory_hard_mib.or(c.memory_soft_mib).unwrap_or(0);
-            memory_sum += non_negative(name, &c.name, "memory", memory)?;
+            let container_memory = match memory {
+                MemoryRule::NewCopy => c.memory_hard_mib.or(c.memory_soft_mib),
+                MemoryRule::Reserved => c.memory_soft_mib.or(c.memory_hard_mib),
+            };
+            memory_sum += non_negative(name, &c.name, "memory", container_memory.unwrap_or(0))?;
             if network_mode == NetworkMode::Awsvpc {
                 continue;
             }
@@ -210,40 +245,6 @@ impl TaskShape {
             udp_ports,
             awsvpc: network_mode == NetworkMode::Awsvpc,
         })
-    }
-}
-
-impl TryFrom<&aws_sdk_ecs::types::TaskDefinition> for TaskShape {
-    type Error = ShapeError;
-
-    fn try_from(td: &aws_sdk_ecs::types::TaskDefinition) -> Result<TaskShape, ShapeError> {
-        let family = td.family().ok_or(ShapeError::NoFamily)?;
-        let containers: Vec<ContainerNeeds> = td
-            .container_definitions()
-            .iter()
-            .map(|c| ContainerNeeds {
-                name: c.name().unwrap_or("?").to_string(),
-                cpu_units: c.cpu().into(),
-                memory_hard_mib: c.memory().map(i64::from),
-                memory_soft_mib: c.memory_reservation().map(i64::from),
-                port_mappings: c
-                    .port_mappings()
-                    .iter()
-                    .map(|m| PortMapping {
-                        container_port: m.container_port().map(i64::from),
-                        host_port: m.host_port().map(i64::from),
-                        udp: m.protocol() == Some(&aws_sdk_ecs::types::TransportProtocol::Udp),
-                    })
-                    .collect(),
-            })
-            .collect();
-        TaskShape::from_definition(
-            family,
-            NetworkMode::parse(td.network_mode().map(|m| m.as_str())),
-            td.cpu(),
-            td.memory(),
-            &containers,
-        )
     }
 }
 

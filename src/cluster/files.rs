@@ -154,6 +154,8 @@ struct ContainerInstanceJson<'a> {
     running_tasks_count: u64,
     #[serde(default)]
     pending_tasks_count: u64,
+    #[serde(default)]
+    agent_connected: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,6 +269,7 @@ pub fn container_instances(path: &Path) -> Result<Vec<Instance>, Error> {
                 instance_type: attribute(INSTANCE_TYPE_ATTRIBUTE),
                 running_tasks: ci.running_tasks_count,
                 pending_tasks: ci.pending_tasks_count,
+                agent_connected: ci.agent_connected,
                 trunk: attribute(TRUNK_ATTRIBUTE).is_some(),
                 ..Instance::default()
             };

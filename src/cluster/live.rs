@@ -13,7 +13,7 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 
 use super::files::{RawResource, holds_eni, instance_from_resources};
 use super::{INSTANCE_TYPE_ATTRIBUTE, Inputs, Instance, TRUNK_ATTRIBUTE};
-use crate::capacity::TaskShape;
+use crate::capacity::{Definition, TaskShape};
 use crate::error::Error;
 
 /// The APIs' batch limits.
@@ -96,7 +96,9 @@ fn raw(list: &[aws_sdk_ecs::types::Resource]) -> Vec<RawResource<'_, String>> {
         .collect()
 }
 
-fn instance(ci: &aws_sdk_ecs::types::ContainerInstance) -> Result<Instance, String> {
+/// One container instance as the calculator reads it; `status` and the daemon's reconciliation
+/// both go through here.
+pub fn instance(ci: &aws_sdk_ecs::types::ContainerInstance) -> Result<Instance, String> {
     let attribute = |name: &str| {
         ci.attributes()
             .iter()
@@ -111,6 +113,7 @@ fn instance(ci: &aws_sdk_ecs::types::ContainerInstance) -> Result<Instance, Stri
         running_tasks: u64::try_from(ci.running_tasks_count()).unwrap_or(0),
         pending_tasks: u64::try_from(ci.pending_tasks_count()).unwrap_or(0),
         trunk: attribute(TRUNK_ATTRIBUTE).is_some(),
+        agent_connected: Some(ci.agent_connected()),
         ..Instance::default()
     };
     instance_from_resources(
@@ -120,6 +123,74 @@ fn instance(ci: &aws_sdk_ecs::types::ContainerInstance) -> Result<Instance, Stri
     )
 }
 
+/// A service's current task definition, and whether ECS runs it as a DAEMON (one task on every
+/// instance: per-host overhead, not a shape to plan for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceDefinition {
+    pub task_definition: String,
+    pub daemon: bool,
+}
+
+/// The task definitions of the cluster's services (ListServices + DescribeServices).
+pub async fn services(
+    ecs: &aws_sdk_ecs::Client,
+    cluster: &str,
+) -> Result<Vec<ServiceDefinition>, Error> {
+    let mut services = Vec::new();
+    let mut pages = ecs.list_services().cluster(cluster).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| failed("ECS ListServices", cluster, e))?;
+        services.extend(page.service_arns().iter().cloned());
+    }
+    let mut out = BTreeSet::new();
+    for chunk in services.chunks(DESCRIBE_SERVICES_MAX) {
+        let resp = ecs
+            .describe_services()
+            .cluster(cluster)
+            .set_services(Some(chunk.to_vec()))
+            .send()
+            .await
+            .map_err(|e| failed("ECS DescribeServices", cluster, e))?;
+        for s in resp.services() {
+            let Some(td) = s.task_definition() else {
+                continue;
+            };
+            let daemon =
+                s.scheduling_strategy() == Some(&aws_sdk_ecs::types::SchedulingStrategy::Daemon);
+            out.insert((td.to_string(), daemon));
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|(task_definition, daemon)| ServiceDefinition {
+            task_definition,
+            daemon,
+        })
+        .collect())
+}
+
+/// One task definition (DescribeTaskDefinition), by family, `family:revision` or ARN.
+pub async fn definition(
+    ecs: &aws_sdk_ecs::Client,
+    cluster: &str,
+    name: &str,
+) -> Result<Definition, Error> {
+    let resp = ecs
+        .describe_task_definition()
+        .task_definition(name)
+        .send()
+        .await
+        .map_err(|e| failed(&format!("ECS DescribeTaskDefinition {name}"), cluster, e))?;
+    let td = resp.task_definition().ok_or_else(|| {
+        Error::Unavailable(format!(
+            "ECS DescribeTaskDefinition {name}: no task definition in the answer"
+        ))
+    })?;
+    Definition::try_from(td).map_err(|e| Error::Input(e.to_string()))
+}
+
+/// The shapes to plan for: the given families, else the task definitions of the cluster's
+/// services that are not DAEMON services (those run on every instance: overhead, not a shape).
 async fn shapes(
     ecs: &aws_sdk_ecs::Client,
     cluster: &str,
@@ -127,46 +198,26 @@ async fn shapes(
 ) -> Result<Vec<TaskShape>, Error> {
     let mut definitions: BTreeSet<String> = families.iter().cloned().collect();
     if definitions.is_empty() {
-        let mut services = Vec::new();
-        let mut pages = ecs.list_services().cluster(cluster).into_paginator().send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| failed("ECS ListServices", cluster, e))?;
-            services.extend(page.service_arns().iter().cloned());
-        }
-        for chunk in services.chunks(DESCRIBE_SERVICES_MAX) {
-            let resp = ecs
-                .describe_services()
-                .cluster(cluster)
-                .set_services(Some(chunk.to_vec()))
-                .send()
-                .await
-                .map_err(|e| failed("ECS DescribeServices", cluster, e))?;
-            definitions.extend(
-                resp.services()
-                    .iter()
-                    .filter_map(|s| s.task_definition().map(str::to_string)),
-            );
-        }
+        definitions.extend(
+            services(ecs, cluster)
+                .await?
+                .into_iter()
+                .filter(|s| !s.daemon)
+                .map(|s| s.task_definition),
+        );
         if definitions.is_empty() {
             return Err(Error::Input(format!(
-                "cluster {cluster} has no services to take task shapes from: give --task-definition-family"
+                "cluster {cluster} has no (non-DAEMON) services to take task shapes from: give --task-definition-family"
             )));
         }
     }
     let mut shapes = Vec::with_capacity(definitions.len());
     for d in &definitions {
-        let resp = ecs
-            .describe_task_definition()
-            .task_definition(d)
-            .send()
-            .await
-            .map_err(|e| failed(&format!("ECS DescribeTaskDefinition {d}"), cluster, e))?;
-        let td = resp.task_definition().ok_or_else(|| {
-            Error::Unavailable(format!(
-                "ECS DescribeTaskDefinition {d}: no task definition in the answer"
-            ))
-        })?;
-        shapes.push(TaskShape::try_from(td).map_err(|e| Error::Input(e.to_string()))?);
+        let shape = definition(ecs, cluster, d)
+            .await?
+            .shape()
+            .map_err(|e| Error::Input(e.to_string()))?;
+        shapes.push(shape);
     }
     Ok(shapes)
 }

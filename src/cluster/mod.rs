@@ -46,9 +46,21 @@ pub struct Instance {
     pub running_tasks: u64,
     pub pending_tasks: u64,
     pub trunk: bool,
+    /// `agentConnected`; `None` when the input does not say.
+    pub agent_connected: Option<bool>,
 }
 
 impl Instance {
+    /// Why ECS would place no task here, `None` when it would: only an ACTIVE instance whose agent
+    /// is connected takes tasks. The one rule `cluster` and the daemon's own figures share.
+    pub fn unplaceable(&self) -> Option<String> {
+        if !self.status.eq_ignore_ascii_case(ACTIVE) {
+            return Some(self.status.clone());
+        }
+        (self.agent_connected == Some(false))
+            .then(|| format!("{} (agent disconnected)", self.status))
+    }
+
     /// The EC2 instance id, else the last part of the ARN.
     pub fn name(&self) -> String {
         self.ec2_instance_id
@@ -85,11 +97,8 @@ pub fn hosts(inputs: &Inputs) -> (Vec<HostInput>, Vec<Excluded>, Vec<String>) {
     let mut no_limit_types = BTreeSet::new();
     for i in &inputs.instances {
         let name = i.name();
-        if !i.status.eq_ignore_ascii_case(ACTIVE) {
-            excluded.push(Excluded {
-                name,
-                status: i.status.clone(),
-            });
+        if let Some(status) = i.unplaceable() {
+            excluded.push(Excluded { name, status });
             continue;
         }
         let eni = eni_slots(i, inputs, needs_eni, &mut notes, &mut no_limit_types);

@@ -119,9 +119,12 @@ impl Client {
         Ok(out)
     }
 
-    /// Container lifecycle events from now on. The stream ends (or yields an error) when the engine
-    /// goes away; the caller reconnects.
-    pub fn events(&self) -> impl Stream<Item = Result<ContainerEvent, DockerError>> + use<> {
+    /// Container lifecycle events from `since` on (the engine replays those already past). The
+    /// stream ends (or yields an error) when the engine goes away; the caller reconnects.
+    pub fn events(
+        &self,
+        since: std::time::SystemTime,
+    ) -> impl Stream<Item = Result<ContainerEvent, DockerError>> + use<> {
         let mut filters = HashMap::new();
         filters.insert("type".to_string(), vec!["container".to_string()]);
         filters.insert(
@@ -130,7 +133,15 @@ impl Client {
                 .map(String::from)
                 .to_vec(),
         );
-        let opts = EventsOptionsBuilder::default().filters(&filters).build();
+        // Docker takes a Unix time with a fractional part.
+        let since = since
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| format!("{}.{:09}", d.as_secs(), d.subsec_nanos()))
+            .unwrap_or_else(|_| "0".into());
+        let opts = EventsOptionsBuilder::default()
+            .since(&since)
+            .filters(&filters)
+            .build();
         self.docker
             .events(Some(opts))
             .filter_map(|item| async move {

@@ -242,32 +242,35 @@ impl AwsEffects {
         Some(families.iter().filter(|f| !self.ignored(f)).count() as u32)
     }
 
+    /// The Auto Scaling group of this instance: configured, else looked up; `None` when it is in none.
+    async fn group(&self) -> Result<Option<String>, Failure> {
+        let t = &self.target;
+        if let Some(g) = &t.autoscaling_group {
+            return Ok(Some(g.clone()));
+        }
+        let out = self
+            .autoscaling
+            .describe_auto_scaling_instances()
+            .instance_ids(&t.instance_id)
+            .send()
+            .await
+            .map_err(|e| failure("DescribeAutoScalingInstances", &e))?;
+        let group = out
+            .auto_scaling_instances
+            .unwrap_or_default()
+            .into_iter()
+            .find(|i| i.instance_id.as_deref() == Some(t.instance_id.as_str()))
+            .and_then(|i| i.auto_scaling_group_name);
+        if group.is_none() {
+            tracing::warn!(instance_id = %t.instance_id, "this instance is in no Auto Scaling group");
+        }
+        Ok(group)
+    }
+
     async fn find_hook_inner(&self) -> Result<Option<Hook>, Failure> {
         let t = &self.target;
-        let group = match &t.autoscaling_group {
-            Some(g) => g.clone(),
-            None => {
-                let out = self
-                    .autoscaling
-                    .describe_auto_scaling_instances()
-                    .instance_ids(&t.instance_id)
-                    .send()
-                    .await
-                    .map_err(|e| failure("DescribeAutoScalingInstances", &e))?;
-                match out
-                    .auto_scaling_instances
-                    .unwrap_or_default()
-                    .into_iter()
-                    .find(|i| i.instance_id.as_deref() == Some(t.instance_id.as_str()))
-                    .and_then(|i| i.auto_scaling_group_name)
-                {
-                    Some(g) => g,
-                    None => {
-                        tracing::warn!(instance_id = %t.instance_id, "this instance is in no Auto Scaling group");
-                        return Ok(None);
-                    }
-                }
-            }
+        let Some(group) = self.group().await? else {
+            return Ok(None);
         };
         let mut req = self
             .autoscaling

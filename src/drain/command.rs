@@ -102,7 +102,7 @@ pub async fn drain(
                         .unwrap_or_else(|| "?".into()),
                     start.elapsed().as_secs(),
                     deadline
-                        .map(|d| humantime::format_rfc3339_seconds(d).to_string())
+                        .map(|d| crate::rfc3339::format(d).to_string())
                         .unwrap_or_else(|| "none".into())
                 );
             }

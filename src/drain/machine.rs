@@ -539,7 +539,7 @@ fn schedule(st: &mut State, e: MaintenanceEvent, cx: &mut Ctx) {
             "scheduled {} {}: draining from {}",
             e.code,
             e.event_id,
-            humantime::format_rfc3339_seconds(drain_at)
+            crate::rfc3339::format(drain_at)
         ),
     );
     let entry = Scheduled {
@@ -682,7 +682,7 @@ fn tick_pending(d: &mut Drain, tasks: Option<u32>, cx: &mut Ctx) {
             Level::Error,
             format!(
                 "the lifecycle action's global timeout ({}) is near with {} task(s) remaining: completing it anyway",
-                humantime::format_rfc3339_seconds(global_deadline),
+                crate::rfc3339::format(global_deadline),
                 count(d.tasks_remaining)
             ),
         );
@@ -727,7 +727,7 @@ fn end_without_hook(st: &mut State, tasks: Option<u32>, cx: &mut Ctx) {
             Level::Error,
             format!(
                 "deadline {} passed with {} task(s) remaining: the instance goes now ({})",
-                humantime::format_rfc3339_seconds(deadline),
+                crate::rfc3339::format(deadline),
                 count(d.tasks_remaining),
                 d.reason_text()
             ),
@@ -758,7 +758,7 @@ fn on_hook_found(st: &mut State, found: Option<Hook>, cx: &mut Ctx) {
                     hook.name,
                     hook.group,
                     hook.heartbeat_timeout.as_secs(),
-                    humantime::format_rfc3339_seconds(seen_at + hook.global_timeout())
+                    crate::rfc3339::format(seen_at + hook.global_timeout())
                 ),
             );
             Lifecycle::Pending {
@@ -922,7 +922,7 @@ fn on_restart(st: &mut State, cx: &mut Ctx) {
                 "restarted while completing the lifecycle action ({} at {}): not sending it again; \
                  if it never reached Auto Scaling, the hook's heartbeat timeout applies its default result",
                 result.as_str(),
-                humantime::format_rfc3339_seconds(at)
+                crate::rfc3339::format(at)
             ),
         );
         let why = "interrupted by a restart".into();
@@ -939,7 +939,7 @@ fn on_restart(st: &mut State, cx: &mut Ctx) {
             Level::Warn,
             format!(
                 "resuming the drain started {} ({})",
-                humantime::format_rfc3339_seconds(d.since),
+                crate::rfc3339::format(d.since),
                 d.reason_text()
             ),
         );

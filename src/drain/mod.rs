@@ -5,7 +5,8 @@
 //! - `state`: the persisted state (atomic writes, flock against a second writer).
 //! - `actions`: the effects on AWS (ECS, Auto Scaling).
 //! - this module: the `Runner` that feeds the machine and performs its effects, the status it
-//!   publishes, and the drain-before-shutdown helper.
+//!   publishes, the commands it takes while running (`Handles`), and the drain-before-shutdown
+//!   helper.
 
 pub mod actions;
 pub mod command;
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::BoxFuture;
 use serde::{Serialize, Serializer};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use actions::{AwsEffects, Target};
@@ -120,7 +121,7 @@ pub struct ScheduledStatus {
 }
 
 fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&humantime::format_rfc3339_seconds(*t).to_string())
+    crate::rfc3339::serialize(t, s)
 }
 
 fn rfc3339_opt<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
@@ -190,7 +191,7 @@ impl DrainStatus {
 
     /// One line for people.
     pub fn summary(&self) -> String {
-        let t = |t: &SystemTime| humantime::format_rfc3339_seconds(*t).to_string();
+        let t = |t: &SystemTime| crate::rfc3339::format(*t).to_string();
         match self {
             DrainStatus::Idle { scheduled } if scheduled.is_empty() => "active".into(),
             DrainStatus::Idle { scheduled } => format!(
@@ -239,20 +240,44 @@ pub fn status_from_disk(state_dir: &Path) -> Result<DrainStatus, StateError> {
     Ok(DrainStatus::from_state(&Store::new(state_dir).load()?))
 }
 
-/// What the daemon's other parts hold on to.
+/// How many commands may wait for a running runner; senders wait beyond that.
+const COMMAND_QUEUE: usize = 4;
+
+/// A command for a running runner, with where to send what its effects did.
+struct Request {
+    command: Command,
+    reply: oneshot::Sender<Vec<Done>>,
+}
+
+/// What the daemon's other parts hold on to: the status the runner publishes, and the way to give
+/// the running runner a command (one runner steps the state; commands do not open a second one).
+#[derive(Clone)]
 pub struct Handles {
     /// Changes with every step that changes the drain; the daemon publishes its figures at once on
     /// a change, so a drain that starts or ends is in the next metrics.
     pub status: watch::Receiver<DrainStatus>,
+    commands: mpsc::Sender<Request>,
 }
 
-/// Feeds the machine (notices, periodic checks, effect outcomes) and performs its effects.
+impl Handles {
+    /// Has the running runner apply `command` between its notices and checks, and waits until it
+    /// has. Returns the outcomes of the effects performed; `None` when the runner is not running.
+    pub async fn command(&self, command: Command) -> Option<Vec<Done>> {
+        let (reply, done) = oneshot::channel();
+        self.commands.send(Request { command, reply }).await.ok()?;
+        done.await.ok()
+    }
+}
+
+/// Feeds the machine (notices, commands, periodic checks, effect outcomes) and performs its effects.
 pub struct Runner {
     settings: Settings,
     store: Store,
     effects: Box<dyn Effects>,
     health: Arc<Health>,
     status: watch::Sender<DrainStatus>,
+    /// Taken by `run`.
+    commands: Option<mpsc::Receiver<Request>>,
 }
 
 impl Runner {
@@ -264,24 +289,33 @@ impl Runner {
     ) -> (Runner, Handles) {
         let store = store.with_health(health.clone());
         let (status, status_rx) = watch::channel(DrainStatus::from_state(&store.current()));
+        let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
         let runner = Runner {
             settings,
             store,
             effects: Box::new(effects),
             health,
             status,
+            commands: Some(commands),
         };
-        (runner, Handles { status: status_rx })
+        (
+            runner,
+            Handles {
+                status: status_rx,
+                commands: commands_tx,
+            },
+        )
     }
 
     /// Runs until `token` is cancelled. Resumes whatever drain the state directory holds. A state
     /// directory that does not work (reported by the store) does not keep it from draining.
-    pub async fn run(self, notices: mpsc::Receiver<Notice>, token: CancellationToken) {
+    pub async fn run(mut self, notices: mpsc::Receiver<Notice>, token: CancellationToken) {
         if let Err(e) = self.store.prepare() {
             tracing::error!(error = %e, "the drain state directory does not work: draining from memory until it does");
         }
         self.apply(Input::Restarted).await;
         let mut notices = Some(notices);
+        let mut commands = self.commands.take();
         let mut ticker = tokio::time::interval(self.settings.check_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -297,6 +331,17 @@ impl Runner {
                         tracing::warn!("the notice channel closed: only resuming and finishing drains from now on");
                         notices = None;
                     }
+                },
+                r = recv(&mut commands) => match r {
+                    Some(Request { command, reply }) => {
+                        tracing::info!(?command, "command received");
+                        let done = self.apply(Input::Command(command)).await;
+                        // The sender may have stopped waiting; the command stands either way.
+                        let _ = reply.send(done);
+                        // Count the tasks now rather than a check interval later.
+                        ticker.reset_immediately();
+                    }
+                    None => commands = None,
                 },
                 _ = ticker.tick() => self.tick().await,
             }
@@ -431,8 +476,9 @@ impl Runner {
     }
 }
 
-async fn recv(notices: &mut Option<mpsc::Receiver<Notice>>) -> Option<Notice> {
-    match notices {
+/// The next message; never once the channel is gone (`None` in the slot).
+async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
@@ -449,10 +495,11 @@ pub fn system_is_stopping() -> bool {
 }
 
 /// `drain.drain_on_shutdown`: called by the daemon on SIGTERM. When `is_stopping()` says the system
-/// is going down, drains this instance and waits for its tasks for at most `timeout`. Returns the
-/// final status, or `None` when no drain was needed (a plain service stop or restart).
+/// is going down, has the running runner drain this instance and waits for its tasks for at most
+/// `timeout`. Returns the final status, or `None` when no drain was needed (a plain service stop or
+/// restart).
 pub async fn drain_before_shutdown(
-    runner: &Runner,
+    drain: &Handles,
     timeout: Duration,
     is_stopping: impl FnOnce() -> bool,
 ) -> Option<DrainStatus> {
@@ -460,8 +507,20 @@ pub async fn drain_before_shutdown(
         return None;
     }
     tracing::warn!(timeout = ?timeout, "the system is shutting down: draining this instance first");
-    runner.apply(Input::Command(Command::ShutdownDrain)).await;
-    let status = runner.wait_drained(Some(timeout), |_| {}).await;
+    let start = Instant::now();
+    let mut status = drain.status.clone();
+    if drain.command(Command::ShutdownDrain).await.is_none() {
+        tracing::error!("the drain runner is not running: shutting down without a drain");
+    } else {
+        let left = timeout.saturating_sub(start.elapsed());
+        // Ends early when the runner stops; the status is then the last one it published.
+        let _ = tokio::time::timeout(
+            left,
+            status.wait_for(|s| !matches!(s, DrainStatus::Draining { .. })),
+        )
+        .await;
+    }
+    let status = status.borrow().clone();
     match &status {
         DrainStatus::Draining {
             tasks_remaining, ..

@@ -1,6 +1,7 @@
 //! Observation of this host: what it registers with ECS, what its tasks reserve and use.
 //! Produces the `Snapshot` that capacity, metrics and draining read.
 
+pub mod assess;
 pub mod observer;
 pub mod registered;
 pub mod tasks;
@@ -14,7 +15,7 @@ pub use crate::ecs_agent::EcsAgentView;
 pub use crate::eni::EniView;
 pub use observer::{InstanceFacts, Observer, observe_once, observe_once_with};
 pub use registered::Registered;
-pub use tasks::{NetworkMode, OtherContainer, Reserved, Task, TaskContainer};
+pub use tasks::{NetworkMode, OtherContainer, Reserved, ReservedBy, Task, TaskContainer};
 pub use usage::Usage;
 
 /// Actual use summed over the ECS tasks (unlabelled containers are not included).
@@ -27,7 +28,11 @@ pub struct Snapshot {
     #[serde(with = "crate::rfc3339")]
     pub taken_at: SystemTime,
     pub registered: Registered,
-    /// ECS tasks (containers with the ECS task-ARN label) grouped by task ARN.
+    /// Docker has been listed since start: `tasks` is what runs, not a guess (before the first
+    /// listing it is empty whatever runs).
+    pub tasks_known: bool,
+    /// ECS tasks (containers with the ECS task-ARN label) grouped by task ARN, and the tasks the ECS
+    /// agent knows that Docker does not run yet.
     pub tasks: Vec<Task>,
     /// Running containers that are not ECS tasks: listed, never counted.
     pub others: Vec<OtherContainer>,
@@ -39,6 +44,10 @@ pub struct Snapshot {
     pub ecs: EcsAgentView,
     /// Sources that could not be read this time, with why (e.g. "docker: socket not found").
     pub unavailable: Vec<String>,
+    /// The kernel's hostname: this host's name in its capacity figures while the instance id is
+    /// unknown.
+    #[serde(skip)]
+    pub hostname: String,
 }
 
 impl Snapshot {

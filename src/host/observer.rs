@@ -88,6 +88,9 @@ struct Readings {
     usage: Result<HashMap<String, Usage>, String>,
     /// Sources already found unreadable.
     unavailable: Vec<String>,
+    /// Docker has been listed: `containers` is the engine's picture, not a guess.
+    tasks_known: bool,
+    hostname: String,
 }
 
 impl Readings {
@@ -108,6 +111,7 @@ impl Readings {
             .then(|| eni::attached_from_sysfs(&cfg.host.sysfs_net).map_err(|e| e.to_string()));
         let usage = reader.map(|r| read_usage(r, &containers));
         Readings {
+            hostname: read_hostname(),
             taken_at: SystemTime::now(),
             read_at: Instant::now(),
             registered,
@@ -117,8 +121,18 @@ impl Readings {
             sysfs_attached,
             usage,
             unavailable,
+            tasks_known: true,
         }
     }
+}
+
+const HOSTNAME: &str = "/proc/sys/kernel/hostname";
+
+/// The kernel's hostname, "localhost" when it cannot be read.
+fn read_hostname() -> String {
+    std::fs::read_to_string(HOSTNAME)
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// Reads the cgroup of every ECS task container.
@@ -186,7 +200,9 @@ impl Observer {
     }
 
     /// Tells the observer what IMDS knows and, with an EC2 client, looks up the instance type's ENI
-    /// limit (cached on disk) and whether a trunk ENI is attached. Errors go to `unavailable`.
+    /// limit (cached on disk). Whether awsvpc trunking is on is ECS's to say (the container
+    /// instance's `ecs.awsvpc-trunk-id` attribute, read at each reconciliation): until then it is
+    /// unknown. Errors go to `unavailable`.
     pub async fn set_instance(&self, facts: InstanceFacts, ec2: Option<aws_sdk_ec2::Client>) {
         let mut errors = Vec::new();
         let state_dir = &self.shared.cfg.agent.state_dir;
@@ -194,19 +210,10 @@ impl Observer {
             .instance_type
             .as_deref()
             .and_then(|t| eni::cached_limit(state_dir, t));
-        let mut trunk = None;
-        if let Some(ec2) = &ec2 {
-            if let (None, Some(t)) = (limit, facts.instance_type.as_deref()) {
-                match eni::max_interfaces(ec2, t, state_dir).await {
-                    Ok(l) => limit = Some(l),
-                    Err(e) => errors.push(format!("eni limit: {e}")),
-                }
-            }
-            if let Some(id) = &facts.instance_id {
-                match eni::trunk_attached(ec2, id.as_str()).await {
-                    Ok(t) => trunk = Some(t),
-                    Err(e) => errors.push(format!("eni trunk: {e}")),
-                }
+        if let (Some(ec2), None, Some(t)) = (&ec2, limit, facts.instance_type.as_deref()) {
+            match eni::max_interfaces(ec2, t, state_dir).await {
+                Ok(l) => limit = Some(l),
+                Err(e) => errors.push(format!("eni limit: {e}")),
             }
         }
         for e in &errors {
@@ -215,7 +222,7 @@ impl Observer {
         *lock(&self.shared.instance) = InstanceState {
             facts,
             limit,
-            trunk,
+            trunk: None,
             errors,
         };
     }
@@ -226,7 +233,7 @@ impl Observer {
     pub async fn snapshot(&self) -> Result<Snapshot, Error> {
         let s = &self.shared;
         let registered = read_registered(&s.cfg)?;
-        let (containers, docker_note) = {
+        let (containers, docker_note, tasks_known) = {
             let d = lock(&s.docker);
             let note = match (&d.error, d.synced) {
                 (None, true) => None,
@@ -234,7 +241,11 @@ impl Observer {
                 (Some(e), false) => Some(format!("docker: {e}")),
                 (None, false) => Some("docker: not listed yet".to_string()),
             };
-            (d.containers.values().cloned().collect::<Vec<_>>(), note)
+            (
+                d.containers.values().cloned().collect::<Vec<_>>(),
+                note,
+                d.synced,
+            )
         };
         let agent = AgentReading::read(&s.agent).await;
         let instance = lock(&s.instance).clone();
@@ -247,6 +258,10 @@ impl Observer {
             s.usage.as_deref().map_err(String::clone),
             docker_note.into_iter().collect(),
         );
+        let readings = Readings {
+            tasks_known,
+            ..readings
+        };
         Ok(compose(readings, Some(&mut lock(&s.cpu))))
     }
 }
@@ -280,6 +295,20 @@ fn compose(r: Readings, rates: Option<&mut CpuRates>) -> Snapshot {
                 t.known_status = a.known_status.clone();
                 t.desired_status = a.desired_status.clone();
             }
+        }
+        // Tasks ECS placed here that Docker does not run (yet): they hold their reservation
+        // until the agent has seen them STOPPED.
+        for a in &list.tasks {
+            let stopped = a.known_status.as_deref() == Some("STOPPED");
+            if stopped || tasks.iter().any(|t| t.arn == a.arn) {
+                continue;
+            }
+            let (Some(family), Some(version)) = (&a.family, &a.version) else {
+                continue;
+            };
+            let mut t = tasks::agent_only(&a.arn, family, version, a.known_status.as_deref());
+            t.desired_status = a.desired_status.clone();
+            tasks.push(t);
         }
     }
 
@@ -332,6 +361,7 @@ fn compose(r: Readings, rates: Option<&mut CpuRates>) -> Snapshot {
     Snapshot {
         taken_at: r.taken_at,
         registered: r.registered,
+        tasks_known: r.tasks_known,
         tasks,
         others,
         reserved,
@@ -339,6 +369,7 @@ fn compose(r: Readings, rates: Option<&mut CpuRates>) -> Snapshot {
         eni,
         ecs,
         unavailable,
+        hostname: r.hostname,
     }
 }
 
@@ -389,11 +420,11 @@ pub async fn observe_once(cfg: &Config) -> Result<Snapshot, Error> {
 pub async fn observe_once_with(cfg: &Config, facts: InstanceFacts) -> Result<Snapshot, Error> {
     let registered = read_registered(cfg)?;
     let mut unavailable = Vec::new();
-    let containers = match list_once(&cfg.host.docker_socket).await {
-        Ok(c) => c,
+    let (containers, tasks_known) = match list_once(&cfg.host.docker_socket).await {
+        Ok(c) => (c, true),
         Err(e) => {
             unavailable.push(format!("docker: {e}"));
-            Vec::new()
+            (Vec::new(), false)
         }
     };
     let agent = AgentReading::read(&ecs_agent::Client::new(
@@ -421,7 +452,13 @@ pub async fn observe_once_with(cfg: &Config, facts: InstanceFacts) -> Result<Sna
         reader.as_deref().map_err(String::clone),
         unavailable,
     );
-    Ok(compose(readings, None))
+    Ok(compose(
+        Readings {
+            tasks_known,
+            ..readings
+        },
+        None,
+    ))
 }
 
 async fn list_once(socket: &Path) -> Result<Vec<ContainerInfo>, docker::DockerError> {
@@ -463,10 +500,9 @@ async fn follow_once(shared: &Shared, socket: &Path, backoff: &mut Backoff) -> S
         Ok(c) => c,
         Err(e) => return e.to_string(),
     };
-    let mut events = Box::pin(client.events());
-    // Poll the stream once so the events request is on the wire before the listing: a container
-    // that starts between the two is then seen by one or the other.
-    let early = tokio::time::timeout(Duration::from_millis(100), events.next()).await;
+    // Events are asked for from a time taken before the listing: the engine replays what happened
+    // since, so a container that starts between the listing and the events request is still seen.
+    let since = SystemTime::now();
     if let Err(e) = resync(shared, &client, true).await {
         return e.to_string();
     }
@@ -477,16 +513,7 @@ async fn follow_once(shared: &Shared, socket: &Path, backoff: &mut Backoff) -> S
         }
     }
     backoff.reset();
-    match early {
-        Ok(Some(Ok(ev))) => {
-            if let Err(e) = apply(shared, &client, ev).await {
-                return e.to_string();
-            }
-        }
-        Ok(Some(Err(e))) => return e.to_string(),
-        Ok(None) => return "docker event stream ended".into(),
-        Err(_) => {}
-    }
+    let mut events = Box::pin(client.events(since));
     let mut resync_every = tokio::time::interval(shared.cfg.host.docker_resync_interval);
     resync_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync_every.tick().await;
@@ -633,6 +660,7 @@ mod tests {
             agent: AgentReading::default(),
             instance,
             sysfs_attached: None,
+            hostname: "ip-10-0-0-1".into(),
             usage: Ok(usage
                 .iter()
                 .map(|(id, usec)| {
@@ -644,6 +672,7 @@ mod tests {
                 })
                 .collect()),
             unavailable: Vec::new(),
+            tasks_known: true,
         }
     }
 

@@ -5,8 +5,9 @@
 //! (Docker MemoryReservation) when set, else its `memory` hard limit (Docker Memory) — the ECS
 //! ContainerDefinition reference: "If you specify memoryReservation, then that value is subtracted
 //! from the available memory resources for the container instance … Otherwise, the value of memory
-//! is used." Task-level cpu/memory are not visible in Docker (they live on the task cgroup), so a
-//! task that sets only task-level sizes shows the sum of its containers' values (often 0).
+//! is used." Task-level cpu/memory are not visible in Docker (they live on the task cgroup), nor is a
+//! pending task or an exited container: so where its task definition is known, a task reserves what
+//! the definition says ([`apply_definitions`]), and Docker's figures are the fallback.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,6 +15,7 @@ use serde::Serialize;
 
 use super::usage::Usage;
 pub use crate::capacity::NetworkMode;
+use crate::capacity::{Definition, TaskShape, definition_key};
 use crate::docker::{ContainerInfo, PAUSE_CONTAINER_NAME};
 
 const MIB: u64 = 1024 * 1024;
@@ -33,7 +35,23 @@ pub struct TaskContainer {
     pub usage: Option<Usage>,
 }
 
-/// One ECS task running here.
+/// Where a task's reservation was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReservedBy {
+    /// Its task definition, by ECS's rules.
+    TaskDefinition,
+    /// Its running containers' Docker figures (the task definition is unknown).
+    #[default]
+    Docker,
+}
+
+/// The CpuShares the ECS agent gives a container whose `cpu` is 0 (Docker's minimum): ECS counts
+/// it as 0 CPU units.
+pub const MIN_CPU_SHARES: u64 = 2;
+
+/// One ECS task on this host: running in Docker, or placed by ECS and known to the ECS agent only
+/// (PENDING: no container of it runs yet).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Task {
     pub arn: String,
@@ -52,9 +70,15 @@ pub struct Task {
     pub desired_status: Option<String>,
     /// Summed over the task's containers; `None` when no container's cgroup could be read.
     pub usage: Option<Usage>,
+    pub reserved_by: ReservedBy,
 }
 
 impl Task {
+    /// `family:revision` of its task definition.
+    pub fn definition_key(&self) -> String {
+        definition_key(&self.family, &self.revision)
+    }
+
     /// The task id for display: [`task_id`], else the whole ARN.
     pub fn id(&self) -> &str {
         task_id(&self.arn).unwrap_or(&self.arn)
@@ -89,6 +113,24 @@ pub struct Reserved {
     pub udp_ports: BTreeSet<u16>,
     /// One ENI (or branch ENI) each.
     pub awsvpc_tasks: u32,
+    /// DAEMON services whose task is not running here yet, reserved ahead (included above).
+    pub daemon_overhead: Vec<String>,
+}
+
+impl Reserved {
+    /// Adds what the DAEMON services not running here yet will take.
+    pub fn add_overhead(&mut self, overhead: &[TaskShape]) {
+        for s in overhead {
+            self.cpu_units += s.cpu_units;
+            self.memory_mib += s.memory_mib;
+            self.tcp_ports.extend(&s.tcp_ports);
+            self.udp_ports.extend(&s.udp_ports);
+            if s.awsvpc {
+                self.awsvpc_tasks += 1;
+            }
+            self.daemon_overhead.push(s.name.clone());
+        }
+    }
 }
 
 fn mib_ceil(bytes: u64) -> u64 {
@@ -168,12 +210,13 @@ pub fn group<'a>(
                 known_status: None,
                 desired_status: None,
                 usage: None,
+                reserved_by: ReservedBy::Docker,
             };
             for c in &members {
                 // The pause container is the agent's, not part of the task definition: ECS does
                 // not count it against the instance.
                 if !is_pause(c) {
-                    task.cpu_units += c.cpu_shares;
+                    task.cpu_units += docker_cpu_units(c.cpu_shares);
                     task.memory_mib += container_memory_mib(c);
                 }
                 task.tcp_ports.extend(&c.tcp_ports);
@@ -199,6 +242,65 @@ pub fn group<'a>(
         })
         .collect();
     (tasks, others)
+}
+
+/// CPU units a container reserves, from its CpuShares: the agent's minimum stands for `cpu` 0.
+fn docker_cpu_units(cpu_shares: u64) -> u64 {
+    if cpu_shares <= MIN_CPU_SHARES {
+        0
+    } else {
+        cpu_shares
+    }
+}
+
+/// A task the ECS agent knows and Docker does not run (PENDING, or all its containers gone before
+/// the agent saw it stop): it reserves as its task definition says, once that is known.
+pub fn agent_only(arn: &str, family: &str, revision: &str, known: Option<&str>) -> Task {
+    Task {
+        arn: arn.to_string(),
+        family: family.to_string(),
+        revision: revision.to_string(),
+        network_mode: NetworkMode::default(),
+        cpu_units: 0,
+        memory_mib: 0,
+        tcp_ports: BTreeSet::new(),
+        udp_ports: BTreeSet::new(),
+        containers: Vec::new(),
+        known_status: known.map(str::to_string),
+        desired_status: None,
+        usage: None,
+        reserved_by: ReservedBy::Docker,
+    }
+}
+
+/// Sets each task's reservation from its task definition where `definitions` (by
+/// `family:revision`) has it: task-level cpu/memory, else the container sums with memory = the
+/// soft reservation else the hard limit; the static ports of the definition as well as those
+/// Docker shows bound. Tasks whose definition is unknown keep Docker's figures.
+pub fn apply_definitions(tasks: &mut [Task], definitions: &dyn Fn(&str) -> Option<TaskShape>) {
+    for t in tasks {
+        let Some(r) = definitions(&t.definition_key()) else {
+            continue;
+        };
+        t.cpu_units = r.cpu_units;
+        t.memory_mib = r.memory_mib;
+        t.tcp_ports.extend(&r.tcp_ports);
+        t.udp_ports.extend(&r.udp_ports);
+        if r.awsvpc {
+            t.network_mode = NetworkMode::Awsvpc;
+        }
+        t.reserved_by = ReservedBy::TaskDefinition;
+    }
+}
+
+/// The DAEMON services' tasks not running here yet: ECS will place one on this host, so its
+/// reservation is spoken for.
+pub fn daemon_overhead(tasks: &[Task], daemons: &[Definition]) -> Vec<TaskShape> {
+    daemons
+        .iter()
+        .filter(|d| !tasks.iter().any(|t| t.family == d.family))
+        .filter_map(|d| d.reservation().ok())
+        .collect()
 }
 
 /// Sums the tasks' reservations.
@@ -340,6 +442,85 @@ mod tests {
             let (tasks, _) = group([&c]);
             assert_eq!(tasks[0].network_mode, want, "{docker}");
         }
+    }
+
+    #[test]
+    fn cpu_shares_two_is_the_agents_mark_of_cpu_zero_and_reserves_nothing() {
+        let mut a = container("a", Some(("arn:task/c/t", "app")), "bridge");
+        a.cpu_shares = 2;
+        let mut b = container("b", Some(("arn:task/c/t", "log")), "bridge");
+        b.cpu_shares = 128;
+        let (tasks, _) = group([&a, &b]);
+        assert_eq!(tasks[0].cpu_units, 128);
+    }
+
+    fn definition(family: &str, cpu: &str, memory: &str) -> Definition {
+        Definition {
+            arn: format!("arn:aws:ecs:us-east-1:1:task-definition/{family}:3"),
+            family: family.into(),
+            revision: 3,
+            network_mode: NetworkMode::Bridge,
+            task_cpu: Some(cpu.into()),
+            task_memory: Some(memory.into()),
+            containers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_known_definition_replaces_dockers_figures_pending_tasks_included() {
+        // Task-level sizes only: Docker shows CpuShares 2 and no memory at all; each container
+        // carries the task's memory limit (propagated), which must not be counted per container.
+        let mut a = container("a", Some(("arn:task/c/t1", "app")), "bridge");
+        a.cpu_shares = 2;
+        a.memory_limit_bytes = Some(1024 * MIB);
+        let mut b = container("b", Some(("arn:task/c/t1", "side")), "bridge");
+        b.cpu_shares = 2;
+        b.memory_limit_bytes = Some(1024 * MIB);
+        let (mut tasks, _) = group([&a, &b]);
+        assert_eq!((tasks[0].cpu_units, tasks[0].memory_mib), (0, 2048));
+        tasks.push(agent_only("arn:task/c/t2", "web", "3", Some("PENDING")));
+        tasks.push(agent_only("arn:task/c/t3", "other", "1", Some("PENDING")));
+        let web = definition("web", "512", "1024");
+        let lookup = |key: &str| (key == "web:3").then(|| web.reservation().unwrap());
+        apply_definitions(&mut tasks, &lookup);
+        let by = |arn: &str| tasks.iter().find(|t| t.arn == arn).unwrap();
+        assert_eq!(
+            (
+                by("arn:task/c/t1").cpu_units,
+                by("arn:task/c/t1").memory_mib
+            ),
+            (512, 1024)
+        );
+        assert_eq!(by("arn:task/c/t1").reserved_by, ReservedBy::TaskDefinition);
+        assert_eq!(
+            (
+                by("arn:task/c/t2").cpu_units,
+                by("arn:task/c/t2").memory_mib
+            ),
+            (512, 1024)
+        );
+        // Unknown definition: Docker's figures (none for a pending task).
+        assert_eq!(by("arn:task/c/t3").reserved_by, ReservedBy::Docker);
+        let r = reserved(&tasks);
+        assert_eq!((r.cpu_units, r.memory_mib), (1024, 2048));
+    }
+
+    #[test]
+    fn a_daemon_service_is_reserved_where_its_task_does_not_run_yet() {
+        let agent = definition("log-agent", "128", "256");
+        let none: Vec<Task> = Vec::new();
+        let overhead = daemon_overhead(&none, std::slice::from_ref(&agent));
+        let mut r = reserved(&none);
+        r.add_overhead(&overhead);
+        assert_eq!((r.cpu_units, r.memory_mib), (128, 256));
+        assert_eq!(r.daemon_overhead, ["log-agent"]);
+        let running = vec![agent_only(
+            "arn:task/c/d",
+            "log-agent",
+            "3",
+            Some("RUNNING"),
+        )];
+        assert!(daemon_overhead(&running, &[agent]).is_empty());
     }
 
     #[test]

@@ -37,6 +37,12 @@ pub struct HostFigures {
     pub eni_limit: Option<u32>,
     pub running_tasks: u32,
     pub draining: bool,
+    /// Whether ECS would place a task here (`None`: cannot be told, AWS off). A host that is not
+    /// placeable offers no room: spare tasks 0, idle fraction 0.
+    pub placeable: Option<bool>,
+    /// Local reserved − ECS's reserved at the last reconciliation (CPU units, memory MiB).
+    pub cpu_reserved_difference: Option<i64>,
+    pub memory_reserved_difference: Option<i64>,
     /// Counts in the scale-in alarm's `RemovableHosts`: unprotected and idle, or the volunteer
     /// (always, 0 while draining, when protection is managed by nobody); `None` when this host is
     /// in no Auto Scaling group (nothing published).
@@ -59,6 +65,11 @@ pub struct HostFacts {
     pub eni_limit: Option<u32>,
     pub running_tasks: u32,
     pub draining: bool,
+    pub placeable: Option<bool>,
+    /// Why the capacity figures are not known: then none is published.
+    pub capacity_unknown: Option<String>,
+    pub cpu_reserved_difference: Option<i64>,
+    pub memory_reserved_difference: Option<i64>,
     pub removable: Option<bool>,
 }
 
@@ -75,7 +86,7 @@ pub struct MetricDef {
 }
 
 /// Every metric this daemon publishes. README.md "Metrics" documents the same table.
-pub const METRICS: [MetricDef; 13] = [
+pub const METRICS: [MetricDef; 14] = [
     MetricDef {
         name: "ContainerCapacity",
         unit: "Count",
@@ -147,6 +158,13 @@ pub const METRICS: [MetricDef; 13] = [
         by_resource: false,
     },
     MetricDef {
+        name: "Placeable",
+        unit: "Count",
+        prometheus: "ecs_capacity_placeable",
+        help: "1 when ECS would place a task on this host (InService, registered, ACTIVE, agent connected), else 0.",
+        by_resource: false,
+    },
+    MetricDef {
         name: "RemovableHosts",
         unit: "Count",
         prometheus: "ecs_capacity_removable",
@@ -189,6 +207,7 @@ impl HostFigures {
             "ENILimit" => self.eni_limit.map(f64::from),
             "RunningTasks" => Some(f64::from(self.running_tasks)),
             "Draining" => Some(if self.draining { 1.0 } else { 0.0 }),
+            "Placeable" => self.placeable.map(|p| if p { 1.0 } else { 0.0 }),
             "RemovableHosts" => self.removable.map(|r| if r { 1.0 } else { 0.0 }),
             "Hosts" => Some(1.0),
             _ => None,
@@ -222,13 +241,17 @@ impl HostFigures {
     ///
     /// A draining host publishes 0 spare tasks and 0 idle fraction: ECS places nothing on a
     /// DRAINING instance, so its room is not the cluster's, and it is already leaving, so counting it
-    /// idle would let the scale-in alarm remove a second host for the same room.
+    /// idle would let the scale-in alarm remove a second host for the same room. The same holds for
+    /// any host ECS would not place on (`placeable` false): 0 and 0, still one datum each, so the
+    /// cluster's Sum counts the host. With `capacity_unknown` set no capacity figure is published.
     pub fn from_host(facts: HostFacts, capacity: &crate::capacity::HostCapacity) -> HostFigures {
         let mut spare_tasks_by_resource = BTreeMap::new();
         let mut idle_fraction_by_resource = BTreeMap::new();
-        for fit in capacity.by_resource() {
+        let no_room = facts.draining || facts.placeable == Some(false);
+        let known = facts.capacity_unknown.is_none();
+        for fit in capacity.by_resource().into_iter().filter(|_| known) {
             let key = fit.resource.key();
-            let (fits, idle) = if facts.draining {
+            let (fits, idle) = if no_room {
                 (0, 0.0)
             } else {
                 (fit.fits, fit.idle)
@@ -236,11 +259,10 @@ impl HostFigures {
             spare_tasks_by_resource.insert(key, fits);
             idle_fraction_by_resource.insert(key, idle);
         }
-        let (spare_tasks, idle_fraction) = if facts.draining {
-            (
-                capacity.spare_tasks.map(|_| 0),
-                capacity.idle_fraction.map(|_| 0.0),
-            )
+        let (spare_tasks, idle_fraction) = if !known {
+            (None, None)
+        } else if no_room {
+            (Some(0), Some(0.0))
         } else {
             (capacity.spare_tasks, capacity.idle_fraction)
         };
@@ -267,6 +289,9 @@ impl HostFigures {
             eni_limit: facts.eni_limit,
             running_tasks: facts.running_tasks,
             draining: facts.draining,
+            placeable: facts.placeable,
+            cpu_reserved_difference: facts.cpu_reserved_difference,
+            memory_reserved_difference: facts.memory_reserved_difference,
             removable: facts.removable.map(|r| r && !facts.draining),
         }
     }

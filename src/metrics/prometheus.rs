@@ -245,6 +245,9 @@ mod figures_tests {
             eni_limit: None,
             running_tasks: 2,
             draining: true,
+            placeable: None,
+            cpu_reserved_difference: None,
+            memory_reserved_difference: None,
             removable: Some(false),
         };
         let mut out = String::new();

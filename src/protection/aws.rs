@@ -59,7 +59,10 @@ impl Local {
         Local {
             busy: !service.is_empty(),
             draining,
-            tasks: service.into_iter().map(crate::assess::shape_of).collect(),
+            tasks: service
+                .into_iter()
+                .map(crate::host::assess::shape_of)
+                .collect(),
             daemon_tasks: daemon.len() as u64,
             shapes: shapes.to_vec(),
         }

@@ -365,6 +365,7 @@ fn daemon_families_neither_make_a_host_busy_nor_move() {
         known_status: None,
         desired_status: None,
         usage: None,
+        reserved_by: crate::host::ReservedBy::Docker,
     };
     let daemons = vec!["log-router".to_string()];
     let only_daemon = aws::Local::observed(&[task("log-router", 64)], &daemons, &[], false);

@@ -7,7 +7,8 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ecs::config::Credentials;
 use ecs_capacity_agent::config::ImdsConfig;
 use ecs_capacity_agent::drain::{
-    AwsEffects, DrainStatus, Effects, Runner, Settings, Store, Target, drain_before_shutdown,
+    AwsEffects, DrainStatus, Effects, Handles, Runner, Settings, Store, Target,
+    drain_before_shutdown,
 };
 use ecs_capacity_agent::health::Health;
 use ecs_capacity_agent::imds;
@@ -202,6 +203,7 @@ struct Running {
     token: CancellationToken,
     tx: mpsc::Sender<Notice>,
     status: tokio::sync::watch::Receiver<DrainStatus>,
+    handles: Handles,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -222,7 +224,8 @@ fn start_with(effects: impl Effects, dir: &std::path::Path) -> Running {
     Running {
         token,
         tx,
-        status: handles.status,
+        status: handles.status.clone(),
+        handles,
         task,
     }
 }
@@ -704,30 +707,89 @@ async fn local_docker_view_keeps_the_drain_waiting_until_it_agrees() {
 async fn shutdown_drain_waits_for_tasks_bounded_by_the_timeout() {
     let w = require!(world().await, "moto");
     let dir = tempfile::tempdir().unwrap();
-    let (runner, _handles) = Runner::new(
-        settings(),
-        Store::open(dir.path()).unwrap(),
-        w.effects(),
-        Arc::new(Health::default()),
-    );
+    let r = start(&w, dir.path());
     // Not a system shutdown: nothing happens.
     assert!(
-        drain_before_shutdown(&runner, Duration::from_secs(1), || false)
+        drain_before_shutdown(&r.handles, Duration::from_secs(1), || false)
             .await
             .is_none()
     );
     assert_eq!(w.status_in_ecs().await, "ACTIVE");
     // A task that never stops: the drain gives up at the timeout, still DRAINING.
-    let status = drain_before_shutdown(&runner, Duration::from_secs(1), || true)
+    let status = drain_before_shutdown(&r.handles, Duration::from_secs(1), || true)
         .await
         .expect("drained on shutdown");
     assert!(matches!(status, DrainStatus::Draining { .. }), "{status:?}");
     assert_eq!(w.status_in_ecs().await, "DRAINING");
     w.stop_task().await;
-    let status = drain_before_shutdown(&runner, Duration::from_secs(30), || true)
+    let status = drain_before_shutdown(&r.handles, Duration::from_secs(30), || true)
         .await
         .expect("drained on shutdown");
     assert!(matches!(status, DrainStatus::Drained { .. }), "{status:?}");
+    r.token.cancel();
+    r.task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drain_joins_a_notice_drain_in_the_one_runner() {
+    let w = require!(world().await, "moto");
+    let dir = tempfile::tempdir().unwrap();
+    let r = start(&w, dir.path());
+    r.tx.send(spot_notice()).await.unwrap();
+    until(30, "DRAINING in moto", async || {
+        w.status_in_ecs().await == "DRAINING"
+    })
+    .await;
+    // The task still runs: the shutdown drain waits its timeout and the drain goes on.
+    let status = drain_before_shutdown(&r.handles, Duration::from_secs(1), || true)
+        .await
+        .expect("drained on shutdown");
+    let DrainStatus::Draining { reason, .. } = &status else {
+        panic!("{status:?}");
+    };
+    assert!(reason.contains("spot"), "{reason}");
+    assert!(reason.contains("system shutdown"), "{reason}");
+    // The status the runner publishes is the one the shutdown drain changed.
+    assert!(
+        matches!(&*r.status.borrow(), DrainStatus::Draining { reason, .. } if reason.contains("system shutdown")),
+        "{:?}",
+        *r.status.borrow()
+    );
+    let updates = w.proxy.calls_of("UpdateContainerInstancesState");
+    assert_eq!(
+        updates.len(),
+        1,
+        "one drain, set DRAINING once: {updates:?}"
+    );
+
+    // The one drain ends when the task is gone.
+    w.stop_task().await;
+    let mut status = r.status.clone();
+    until(30, "drained", async || {
+        matches!(*status.borrow_and_update(), DrainStatus::Drained { .. })
+    })
+    .await;
+    assert!(!r.task.is_finished(), "the runner runs on until cancelled");
+    let updates = w.proxy.calls_of("UpdateContainerInstancesState");
+    assert_eq!(updates.len(), 1, "{updates:?}");
+    r.token.cancel();
+    r.task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drain_without_a_running_runner_returns_at_once() {
+    let w = require!(world().await, "moto");
+    let dir = tempfile::tempdir().unwrap();
+    let r = start(&w, dir.path());
+    r.token.cancel();
+    r.task.await.unwrap();
+    let started = std::time::Instant::now();
+    let status = drain_before_shutdown(&r.handles, Duration::from_secs(30), || true)
+        .await
+        .expect("a system shutdown");
+    assert!(matches!(status, DrainStatus::Idle { .. }), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(w.status_in_ecs().await, "ACTIVE");
 }
 
 /// Runs the binary's `args` against the proxy with a config in `dir`.

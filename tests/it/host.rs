@@ -527,8 +527,9 @@ async fn introspection_fills_cluster_instance_arn_and_task_statuses() {
         &tracker,
     )
     .await;
+    // The agent's task is listed at once (ECS placed it); wait until Docker runs it too.
     let s = snapshot_where(&observer, Duration::from_secs(30), |s| {
-        task(s, &arn(&id)).is_some()
+        task(s, &arn(&id)).is_some_and(|t| !t.containers.is_empty())
     })
     .await
     .expect("task listed");

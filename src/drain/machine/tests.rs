@@ -37,6 +37,11 @@ fn maintenance(
     })
 }
 
+/// Event `ev-1`, an instance-stop with NotBefore at `not_before`.
+fn instance_stop(not_before: u64, state: MaintenanceState) -> Notice {
+    maintenance("ev-1", MaintenanceCode::InstanceStop, not_before, state)
+}
+
 fn run(state: &State, input: Input, now: u64) -> (State, Vec<Effect>) {
     step(state, input, t(now), &Settings::default())
 }
@@ -497,19 +502,9 @@ fn every_draining_maintenance_code_drains_and_others_do_not() {
 
 #[test]
 fn maintenance_canceled_before_its_drain_time_is_forgotten() {
-    let n = maintenance(
-        "ev-1",
-        MaintenanceCode::InstanceStop,
-        3600,
-        MaintenanceState::Active,
-    );
+    let n = instance_stop(3600, MaintenanceState::Active);
     let (st, _) = run(&State::default(), Input::Notice(n), 0);
-    let c = maintenance(
-        "ev-1",
-        MaintenanceCode::InstanceStop,
-        3600,
-        MaintenanceState::Canceled,
-    );
+    let c = instance_stop(3600, MaintenanceState::Canceled);
     let (st, fx) = run(&st, Input::Notice(c), 10);
     assert!(acts(&fx).is_empty());
     assert!(st.scheduled.is_empty());
@@ -520,20 +515,10 @@ fn maintenance_canceled_before_its_drain_time_is_forgotten() {
 
 #[test]
 fn maintenance_canceled_while_draining_stands_down_to_active() {
-    let n = maintenance(
-        "ev-1",
-        MaintenanceCode::InstanceStop,
-        60,
-        MaintenanceState::Active,
-    );
+    let n = instance_stop(60, MaintenanceState::Active);
     let (st, _) = run(&State::default(), Input::Notice(n), 0);
     let (st, _) = run(&st, Input::Done(Done::SetDraining(Ok(()))), 0);
-    let c = maintenance(
-        "ev-1",
-        MaintenanceCode::InstanceStop,
-        60,
-        MaintenanceState::Canceled,
-    );
+    let c = instance_stop(60, MaintenanceState::Canceled);
     let (st, fx) = run(&st, Input::Notice(c), 10);
     assert_eq!(acts(&fx), vec![Effect::SetActive]);
     assert_eq!(st.phase, Phase::Active);
@@ -541,20 +526,10 @@ fn maintenance_canceled_while_draining_stands_down_to_active() {
 
 #[test]
 fn maintenance_canceled_does_not_stand_down_a_drain_with_another_reason() {
-    let n = maintenance(
-        "ev-1",
-        MaintenanceCode::InstanceStop,
-        60,
-        MaintenanceState::Active,
-    );
+    let n = instance_stop(60, MaintenanceState::Active);
     let (st, _) = run(&State::default(), Input::Notice(n), 0);
     let (st, _) = run(&st, Input::Notice(spot(120)), 1);
-    let c = maintenance(
-        "ev-1",
-        MaintenanceCode::InstanceStop,
-        60,
-        MaintenanceState::Canceled,
-    );
+    let c = instance_stop(60, MaintenanceState::Canceled);
     let (st, fx) = run(&st, Input::Notice(c), 10);
     assert!(acts(&fx).is_empty());
     assert_eq!(draining(&st).reasons.len(), 1);
@@ -567,19 +542,9 @@ fn maintenance_canceled_does_not_stand_down_a_drain_with_another_reason() {
 
 #[test]
 fn a_rescheduled_maintenance_event_moves_its_drain_time() {
-    let n = maintenance(
-        "ev-1",
-        MaintenanceCode::InstanceStop,
-        3600,
-        MaintenanceState::Active,
-    );
+    let n = instance_stop(3600, MaintenanceState::Active);
     let (st, _) = run(&State::default(), Input::Notice(n), 0);
-    let later = maintenance(
-        "ev-1",
-        MaintenanceCode::InstanceStop,
-        7200,
-        MaintenanceState::Active,
-    );
+    let later = instance_stop(7200, MaintenanceState::Active);
     let (st, _) = run(&st, Input::Notice(later), 10);
     assert_eq!(st.scheduled["ev-1"].drain_at, t(6300));
 }
