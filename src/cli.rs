@@ -28,36 +28,46 @@ pub enum Output {
     Json,
 }
 
+/// `--config FILE`, the same on every subcommand that reads the configuration.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigFile {
+    /// Configuration file. When the default file (/etc/ecs-capacity-agent/config.toml) does not
+    /// exist, the built-in defaults are used (local sinks only).
+    #[arg(long, short, env = "ECS_CAPACITY_AGENT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: observe the host every interval, publish capacity to the configured sinks and
     /// watch instance metadata for interruption notices. Ends cleanly on SIGTERM or SIGINT.
     Run {
-        /// Configuration file. When the default file does not exist the built-in defaults are used
-        /// (local sinks only). Also settable as ECS_CAPACITY_AGENT_CONFIG.
-        #[arg(long, short, env = "ECS_CAPACITY_AGENT_CONFIG", value_name = "FILE")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigFile,
     },
     /// Observe this host once and print what it has registered, what its tasks reserve and use, and
     /// how much more fits.
     Status {
-        #[arg(long, short, env = "ECS_CAPACITY_AGENT_CONFIG", value_name = "FILE")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigFile,
         #[arg(long, short, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
     /// Validate the configuration and print every effective value with where it came from
     /// (default, ecs.config, file or environment). Exits 78 when the configuration is invalid.
     CheckConfig {
-        /// Configuration file; the default path when omitted.
-        #[arg(value_name = "FILE", env = "ECS_CAPACITY_AGENT_CONFIG")]
+        #[command(flatten)]
+        config: ConfigFile,
+        /// The same as --config FILE, kept for existing scripts; it wins over --config and
+        /// ECS_CAPACITY_AGENT_CONFIG.
+        #[arg(value_name = "FILE")]
         file: Option<PathBuf>,
     },
     /// Drain this instance in ECS (DRAINING), as the daemon does on a notice. With --wait, follow
     /// its tasks until they are gone (tasks remaining, elapsed, deadline).
     Drain {
-        #[arg(long, short, env = "ECS_CAPACITY_AGENT_CONFIG", value_name = "FILE")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigFile,
         /// Wait until the tasks are gone.
         #[arg(long)]
         wait: bool,
@@ -70,8 +80,8 @@ pub enum Command {
     },
     /// Return this instance to ACTIVE in ECS.
     Activate {
-        #[arg(long, short, env = "ECS_CAPACITY_AGENT_CONFIG", value_name = "FILE")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigFile,
         /// This instance's EC2 id (default: drain.instance_id).
         #[arg(long, value_name = "ID")]
         instance_id: Option<String>,
@@ -159,14 +169,14 @@ fn cluster(args: ClusterArgs) -> Result<(), Error> {
 /// `drain` and `activate`: with the configuration loaded and this instance's id resolved (flag,
 /// config or IMDS), runs `act` and prints the drain's status.
 fn on_this_instance(
-    config: Option<PathBuf>,
+    config: ConfigFile,
     instance_id: Option<String>,
     act: impl AsyncFnOnce(
         &config::Config,
         crate::instance_id::InstanceId,
     ) -> Result<crate::drain::DrainStatus, Error>,
 ) -> Result<(), Error> {
-    let loaded = load_config(config.as_deref())?;
+    let loaded = load_config(config.config.as_deref())?;
     crate::logging::init(&loaded.config.log);
     runtime()?.block_on(async {
         let id = crate::drain::command::resolve_instance_id(instance_id.as_deref(), &loaded.config)
@@ -196,8 +206,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             println!("ecs-capacity-agent {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::CheckConfig { file } => {
-            let loaded = load_config(file.as_deref())?;
+        Command::CheckConfig { config, file } => {
+            let loaded = load_config(file.or(config.config).as_deref())?;
             match &loaded.file {
                 Some(p) => println!("# configuration file: {}", p.display()),
                 None => println!(
@@ -209,7 +219,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Run { config } => {
-            let loaded = load_config(config.as_deref())?;
+            let loaded = load_config(config.config.as_deref())?;
             crate::logging::init(&loaded.config.log);
             runtime()?.block_on(crate::daemon::run(loaded, crate::daemon::shutdown_signal()))
         }
@@ -229,17 +239,22 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         }),
         Command::Cluster(args) => cluster(args),
         Command::Status { config, output } => {
-            let loaded = load_config(config.as_deref())?;
+            let loaded = load_config(config.config.as_deref())?;
             crate::logging::init(&loaded.config.log);
             runtime()?.block_on(async {
                 let mut status = crate::daemon::observe_once(&loaded.config).await?;
-                // The daemon's drain, as its state file records it.
-                status.drain = crate::drain::status_from_disk(&loaded.config.agent.state_dir).ok();
+                // The daemon's drain, as its state file records it. A state file that cannot be
+                // read leaves the drain out of the report and fails the command, naming the file.
+                let drain = crate::drain::status_from_disk(&loaded.config.agent.state_dir);
+                status.drain = drain.as_ref().ok().cloned();
                 match output {
                     Output::Table => print!("{}", status.to_table()),
                     Output::Json => println!("{}", status.to_json()),
                 }
-                Ok(())
+                drain.map(|_| ()).map_err(|e| match e {
+                    crate::drain::StateError::Parse { .. } => Error::Input(e.to_string()),
+                    e => Error::NoInput(e.to_string()),
+                })
             })
         }
     }

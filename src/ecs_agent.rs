@@ -120,10 +120,12 @@ impl Client {
         if !resp.status().is_success() {
             return Err(AgentError::Status { url, status });
         }
-        let body = resp.bytes().await.map_err(|e| AgentError::Request {
-            url: url.clone(),
-            reason: chain(&e),
-        })?;
+        let body = crate::bounded::body(resp, crate::bounded::ECS_AGENT_BODY_MAX_BYTES)
+            .await
+            .map_err(|e| AgentError::Request {
+                url: url.clone(),
+                reason: chain(&e),
+            })?;
         let de = &mut serde_json::Deserializer::from_slice(&body);
         serde_path_to_error::deserialize(de).map_err(|e| AgentError::Body {
             url,

@@ -2,6 +2,7 @@
 //! before it goes away. README.md describes what it does and how it is configured.
 
 pub mod aws;
+pub mod bounded;
 pub mod capacity;
 pub mod cgroup;
 pub mod cli;

@@ -21,6 +21,8 @@
 //!   (e.g. ten hosts each 1/10 idle) never scales in.
 //! - With no task shape at all there is nothing to plan for: every figure is 0 / `None` and neither
 //!   decision is taken.
+//! - Sums over hosts saturate at `u64::MAX` instead of wrapping (or panicking in a debug build);
+//!   inputs are bounded where they are read, so only absurd inputs get near it.
 
 mod definition;
 mod shape;
@@ -489,7 +491,7 @@ pub fn compute(
         for h in hosts {
             match fits_by(h, l, r).zip(max_by(h, l, r)) {
                 Some((f, m)) => {
-                    t.capacity += f;
+                    t.capacity = t.capacity.saturating_add(f);
                     t.idle_hosts += idle(f, m);
                 }
                 None => {
@@ -512,7 +514,10 @@ pub fn compute(
         eni: total(Resource::Eni),
     };
 
-    let container_capacity = host_capacities.iter().filter_map(|h| h.spare_tasks).sum();
+    let container_capacity = host_capacities
+        .iter()
+        .filter_map(|h| h.spare_tasks)
+        .fold(0u64, u64::saturating_add);
     let idle_host_capacity = Resource::ALL
         .iter()
         .filter_map(|&r| per_resource.get(r).map(|t| t.idle_hosts))
@@ -528,7 +533,7 @@ pub fn compute(
             fits: host_capacities
                 .iter()
                 .filter_map(|h| h.shapes[i].fits)
-                .reduce(|a, b| a + b),
+                .reduce(u64::saturating_add),
         })
         .collect();
 

@@ -198,12 +198,17 @@ impl TaskShape {
         let mut tcp_ports = BTreeSet::new();
         let mut udp_ports = BTreeSet::new();
         for c in containers {
-            cpu_sum += non_negative(name, &c.name, "cpu", c.cpu_units)?;
+            cpu_sum = cpu_sum.saturating_add(non_negative(name, &c.name, "cpu", c.cpu_units)?);
             let container_memory = match memory {
                 MemoryRule::NewCopy => c.memory_hard_mib.or(c.memory_soft_mib),
                 MemoryRule::Reserved => c.memory_soft_mib.or(c.memory_hard_mib),
             };
-            memory_sum += non_negative(name, &c.name, "memory", container_memory.unwrap_or(0))?;
+            memory_sum = memory_sum.saturating_add(non_negative(
+                name,
+                &c.name,
+                "memory",
+                container_memory.unwrap_or(0),
+            )?);
             if network_mode == NetworkMode::Awsvpc {
                 continue;
             }

@@ -243,6 +243,35 @@ fn scale_out_below_threshold() {
 }
 
 #[test]
+fn sums_over_hosts_saturate_instead_of_overflowing() {
+    let huge = host("h", (u64::MAX, 0), (u64::MAX, 0));
+    let hosts = vec![huge.clone(), huge.clone(), huge];
+    let r = compute(&hosts, &[shape("tiny", 1, 1)], 1.0);
+    assert_eq!(r.container_capacity, u64::MAX);
+    assert_eq!(r.per_resource.cpu.unwrap().capacity, u64::MAX);
+    assert_eq!(r.shapes[0].fits, Some(u64::MAX));
+}
+
+#[test]
+fn container_sums_in_a_task_definition_saturate() {
+    let c = ContainerNeeds {
+        name: "c".into(),
+        cpu_units: i64::MAX,
+        memory_hard_mib: Some(i64::MAX),
+        ..ContainerNeeds::default()
+    };
+    let s = TaskShape::from_definition(
+        "f",
+        NetworkMode::Bridge,
+        None,
+        None,
+        &[c.clone(), c.clone(), c],
+    )
+    .unwrap();
+    assert_eq!((s.cpu_units, s.memory_mib), (u64::MAX, u64::MAX));
+}
+
+#[test]
 fn no_shape_means_no_figures_and_no_decision() {
     let r = compute(&[host("a", (4096, 0), (8192, 0))], &[], 1.0);
     assert_eq!(r.largest_task, None);

@@ -51,21 +51,37 @@ fn read<T: DeserializeOwned>(path: &Path, what: &str) -> Result<T, Error> {
     parse(path, what, &text)
 }
 
+/// The file's text: a regular file of at most `bounded::CLUSTER_FILE_MAX_BYTES`. A file that is not
+/// there or cannot be read is `NoInput`; one that is too large or not UTF-8 is malformed (`Input`).
 fn read_text(path: &Path, what: &str) -> Result<String, Error> {
-    std::fs::read_to_string(path)
-        .map_err(|e| Error::NoInput(format!("{}: cannot read {what}: {e}", path.display())))
+    crate::bounded::read_text(path, crate::bounded::CLUSTER_FILE_MAX_BYTES).map_err(|e| {
+        let message = format!("{}: cannot read {what}: {e}", path.display());
+        if e.is_malformed() {
+            Error::Input(message)
+        } else {
+            Error::NoInput(message)
+        }
+    })
 }
 
-/// Parses `text`. The fast path is plain serde_json; only a document that fails is parsed again
-/// with `serde_path_to_error`, to say where: tracking the path of every value is work only a
-/// failure needs (a 2,000-instance describe-container-instances is 5 MB).
+/// Parses `text`: one JSON document and nothing after it but whitespace. The fast path is plain
+/// serde_json; only a document that fails is parsed again with `serde_path_to_error`, to say where:
+/// tracking the path of every value is work only a failure needs (a 2,000-instance
+/// describe-container-instances is 5 MB).
 fn parse<'de, T: Deserialize<'de>>(path: &Path, what: &str, text: &'de str) -> Result<T, Error> {
     if let Ok(v) = serde_json::from_str(text) {
         return Ok(v);
     }
     let de = &mut serde_json::Deserializer::from_str(text);
-    match serde_path_to_error::deserialize(de) {
-        Ok(v) => Ok(v),
+    match serde_path_to_error::deserialize(&mut *de) {
+        // The document itself was fine: what failed is what follows it (a second document, say).
+        Ok(v) => match de.end() {
+            Ok(()) => Ok(v),
+            Err(e) => Err(Error::Input(format!(
+                "{}: not {what}: {e} after the JSON document (one document per file)",
+                path.display()
+            ))),
+        },
         Err(e) => {
             let at = e.path().to_string();
             let at = if at == "." {
@@ -198,14 +214,23 @@ pub(crate) fn instance_from_resources<S: AsRef<str>>(
         list.iter().position(|r| r.name == name)
     };
     let number = |list: &[RawResource<'_, S>], which: &str, name: &str| -> Result<u64, String> {
-        let r = &list[find(list, name).ok_or_else(|| format!("no {name} in {which}"))?];
+        let i = find(list, name).ok_or_else(|| format!("no {name} in {which}"))?;
+        let r = &list[i];
         // ECS reports CPU and MEMORY as integerValue; longValue is accepted for hand-made files.
-        let v = if r.integer_value != 0 {
-            r.integer_value
+        let (field, v) = if r.integer_value != 0 {
+            ("integerValue", r.integer_value)
         } else {
-            r.long_value
+            ("longValue", r.long_value)
         };
-        u64::try_from(v).map_err(|_| format!("{which} {name} is negative ({v})"))
+        let at = format!("{which}[{i}].{field} ({name})");
+        let v = u64::try_from(v).map_err(|_| format!("{at} is negative ({v})"))?;
+        if v > super::QUANTITY_MAX {
+            return Err(format!(
+                "{at} is {v}, above {} (not a real instance)",
+                super::QUANTITY_MAX
+            ));
+        }
+        Ok(v)
     };
     let ports = |name: &str| -> Result<BTreeSet<u16>, String> {
         let mut set = BTreeSet::new();
@@ -352,6 +377,26 @@ pub fn task_definition(path: &Path) -> Result<TaskShape, Error> {
         };
         Error::Input(format!("{}: not {what}{at}: {}", path.display(), e.inner()))
     })?;
+    let absurd = |at: String, v: i64| {
+        bad(
+            path,
+            format!(
+                "{prefix}{at} is {v}, above {} (not a real task)",
+                super::QUANTITY_MAX
+            ),
+        )
+    };
+    for (i, c) in td.container_definitions.iter().enumerate() {
+        for (field, v) in [
+            ("cpu", Some(c.cpu)),
+            ("memory", c.memory),
+            ("memoryReservation", c.memory_reservation),
+        ] {
+            if let Some(v) = v.filter(|&v| v > 0 && v as u64 > super::QUANTITY_MAX) {
+                return Err(absurd(format!("containerDefinitions[{i}].{field}"), v));
+            }
+        }
+    }
     let containers: Vec<ContainerNeeds> = td
         .container_definitions
         .iter()
@@ -374,14 +419,33 @@ pub fn task_definition(path: &Path) -> Result<TaskShape, Error> {
                 .collect(),
         })
         .collect();
-    TaskShape::from_definition(
+    let shape = TaskShape::from_definition(
         &td.family,
         NetworkMode::parse(td.network_mode.as_deref()),
         td.cpu.as_deref(),
         td.memory.as_deref(),
         &containers,
     )
-    .map_err(|e| bad(path, e.to_string()))
+    .map_err(|e| bad(path, e.to_string()))?;
+    for (field, v, given) in [
+        ("cpu", shape.cpu_units, &td.cpu),
+        ("memory", shape.memory_mib, &td.memory),
+    ] {
+        if v > super::QUANTITY_MAX {
+            return Err(bad(
+                path,
+                format!(
+                    "{prefix}{} is {v}, above {} (not a real task)",
+                    match given {
+                        Some(g) => format!("{field} {g:?}"),
+                        None => format!("the sum of containerDefinitions[*].{field}"),
+                    },
+                    super::QUANTITY_MAX
+                ),
+            ));
+        }
+    }
+    Ok(shape)
 }
 
 // ---- ec2 describe-instance-types ----
@@ -519,6 +583,32 @@ mod tests {
         assert_eq!(i.instance_type.as_deref(), Some("c5.large"));
         assert_eq!(i.cpu_units, Quantity::new(2048, 1024));
         assert!(i.taken_tcp_ports.contains(&8080));
+    }
+
+    #[test]
+    fn data_after_the_document_is_refused() {
+        for tail in [PLAIN, "\nx", "{}"] {
+            let err = instances_from(&format!("{PLAIN}{tail}")).unwrap_err();
+            assert!(
+                matches!(&err, Error::Input(m) if m.contains("trailing")),
+                "{err}"
+            );
+        }
+        assert_eq!(instances_from(&format!("{PLAIN}\n\n")).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_absurd_quantity_is_named_by_its_path() {
+        let bad = PLAIN.replace(
+            r#""integerValue": 2048"#,
+            r#""integerValue": 9223372036854775807"#,
+        );
+        let err = instances_from(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("containerInstances[0]")
+                && err.contains("registeredResources[0].integerValue (CPU)"),
+            "{err}"
+        );
     }
 
     /// The fast parse and the path-tracking one agree: a bad value is still named by its path.

@@ -30,6 +30,10 @@ pub const ACTIVE: &str = "ACTIVE";
 /// The attribute ECS sets on an instance with awsvpc trunking on.
 pub const TRUNK_ATTRIBUTE: &str = "ecs.awsvpc-trunk-id";
 pub const INSTANCE_TYPE_ATTRIBUTE: &str = "ecs.instance-type";
+/// The largest CPU-unit or MiB figure taken from an input (2^40: a billion vCPUs, an exbibyte).
+/// Anything above is not a real instance or task, and is refused naming where it was, so that the
+/// sums over a cluster stay far from overflowing.
+pub const QUANTITY_MAX: u64 = 1 << 40;
 
 /// One container instance as DescribeContainerInstances reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

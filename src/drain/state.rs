@@ -22,7 +22,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -37,8 +37,8 @@ use crate::health::Health;
 const STATE_FILE: &str = "drain.json";
 const LOCK_FILE: &str = "drain.lock";
 const VERSION: u32 = 1;
-/// A state file is a few kilobytes; anything much larger is not one.
-const MAX_STATE_BYTES: u64 = 4 << 20;
+/// The state is a few KB; a larger file is not one this daemon wrote.
+const MAX_STATE_BYTES: u64 = 16 * 1024 * 1024;
 /// A time in a state file after this (2200-01-01 UTC) is not one this agent wrote: such a file is
 /// set aside like any other corrupt one. (Serde reads no time before 1970; an early time is a clock
 /// that was wrong when it was written, and harmless.)
@@ -78,6 +78,9 @@ pub enum StateError {
     },
     #[error("drain state {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
+    /// A directory, a FIFO, a symbolic link…: moved aside like a corrupt file by an update.
+    #[error("drain state {path} is not a regular file: it is {what}")]
+    NotAFile { path: PathBuf, what: &'static str },
     #[error("cannot move the corrupt drain state {path} aside to {aside}: {source}")]
     SetAside {
         path: PathBuf,
@@ -321,7 +324,12 @@ impl Store {
     fn read_or_set_aside(&self, memory: &Memory) -> Result<State, StateError> {
         match read(&self.path()) {
             Ok(state) => Ok(state.unwrap_or_default()),
-            Err(StateError::Parse { path, message }) => {
+            Err(e @ (StateError::Parse { .. } | StateError::NotAFile { .. })) => {
+                let (path, message) = match e {
+                    StateError::Parse { path, message } => (path, message),
+                    StateError::NotAFile { path, what } => (path, format!("it is {what}")),
+                    _ => unreachable!("matched above"),
+                };
                 let aside = aside_path(&path);
                 if let Err(source) = std::fs::rename(&path, &aside) {
                     return Err(StateError::SetAside {
@@ -425,9 +433,9 @@ fn aside_path(path: &Path) -> PathBuf {
         .expect("an unused name")
 }
 
-/// The state in `path`; `None` when there is no file. `Parse` for anything that is not a state this
-/// build wrote: not a regular file, too large, not UTF-8 JSON of the right shape, values out of
-/// bounds.
+/// The state in `path`; `None` when there is no file. `NotAFile` for anything but a regular file
+/// (a symbolic link included), `Parse` for a file that is not a state this build wrote: too large,
+/// not UTF-8 JSON of the right shape, values out of bounds.
 fn read(path: &Path) -> Result<Option<State>, StateError> {
     let parse = |message: String| StateError::Parse {
         path: path.into(),
@@ -442,29 +450,50 @@ fn read(path: &Path) -> Result<Option<State>, StateError> {
         .read(true)
         .custom_flags(OFlag::O_NOFOLLOW.bits() | OFlag::O_NONBLOCK.bits() | OFlag::O_CLOEXEC.bits())
         .open(path);
+    let not_a_file = |what| StateError::NotAFile {
+        path: path.into(),
+        what,
+    };
     let file = match file {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
-            return Err(parse("it is a symbolic link".into()));
+            return Err(not_a_file("a symbolic link"));
         }
         Err(e) => return Err(read_err(e)),
     };
     let meta = file.metadata().map_err(read_err)?;
-    if meta.is_dir() {
-        return Err(parse("it is a directory".into()));
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        return Err(not_a_file(if ft.is_dir() {
+            "a directory"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        }));
     }
-    if !meta.is_file() {
-        return Err(parse("it is not a regular file".into()));
-    }
+    let too_large = || parse(format!("larger than {MAX_STATE_BYTES} bytes"));
     if meta.len() > MAX_STATE_BYTES {
-        return Err(parse(format!("it holds {} bytes", meta.len())));
+        return Err(too_large());
     }
     let mut bytes = Vec::new();
+    // The file may grow between the stat and the read: read one byte past the cap to notice.
     file.take(MAX_STATE_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(read_err)?;
-    let disk: OnDisk = serde_json::from_slice(&bytes).map_err(|e| parse(e.to_string()))?;
+    if bytes.len() as u64 > MAX_STATE_BYTES {
+        return Err(too_large());
+    }
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        parse(format!(
+            "not UTF-8 text (invalid byte sequence at byte {})",
+            e.valid_up_to()
+        ))
+    })?;
+    let disk: OnDisk = serde_json::from_str(text).map_err(|e| parse(e.to_string()))?;
     if disk.version != VERSION {
         return Err(parse(format!(
             "version {} (this build reads {VERSION})",

@@ -216,8 +216,10 @@ pub fn group<'a>(
                 // The pause container is the agent's, not part of the task definition: ECS does
                 // not count it against the instance.
                 if !is_pause(c) {
-                    task.cpu_units += docker_cpu_units(c.cpu_shares);
-                    task.memory_mib += container_memory_mib(c);
+                    task.cpu_units = task
+                        .cpu_units
+                        .saturating_add(docker_cpu_units(c.cpu_shares));
+                    task.memory_mib = task.memory_mib.saturating_add(container_memory_mib(c));
                 }
                 task.tcp_ports.extend(&c.tcp_ports);
                 task.udp_ports.extend(&c.udp_ports);
@@ -303,12 +305,12 @@ pub fn daemon_overhead(tasks: &[Task], daemons: &[Definition]) -> Vec<TaskShape>
         .collect()
 }
 
-/// Sums the tasks' reservations.
+/// Sums the tasks' reservations (saturating: Docker reports whatever a container was given).
 pub fn reserved(tasks: &[Task]) -> Reserved {
     let mut r = Reserved::default();
     for t in tasks {
-        r.cpu_units += t.cpu_units;
-        r.memory_mib += t.memory_mib;
+        r.cpu_units = r.cpu_units.saturating_add(t.cpu_units);
+        r.memory_mib = r.memory_mib.saturating_add(t.memory_mib);
         r.tcp_ports.extend(&t.tcp_ports);
         r.udp_ports.extend(&t.udp_ports);
         if t.network_mode == NetworkMode::Awsvpc {

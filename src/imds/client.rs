@@ -206,17 +206,36 @@ impl Client {
         }
         match resp.status() {
             StatusCode::NOT_FOUND => Ok(None),
-            s if s.is_success() => resp
-                .text()
-                .await
-                .map(Some)
-                .map_err(|e| unanswered("GET", &url, &e, self.timed_out(&url))),
+            s if s.is_success() => self.text(resp, "GET", &url).await.map(Some),
             s => Err(Error::Status {
                 method: "GET",
                 url,
                 status: s.as_u16(),
             }),
         }
+    }
+
+    /// A response body as text, at most `bounded::IMDS_BODY_MAX_BYTES` (IMDS answers are a few KB;
+    /// anything larger is not IMDS).
+    async fn text(
+        &self,
+        resp: reqwest::Response,
+        method: &'static str,
+        url: &str,
+    ) -> Result<String, Error> {
+        let bytes = crate::bounded::body(resp, crate::bounded::IMDS_BODY_MAX_BYTES)
+            .await
+            .map_err(|e| match e {
+                crate::bounded::BodyError::Read(e) => {
+                    unanswered(method, url, &e, self.timed_out(url))
+                }
+                e @ crate::bounded::BodyError::TooLarge { .. } => Error::Request {
+                    method,
+                    url: url.to_string(),
+                    cause: e.to_string(),
+                },
+            })?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     async fn send_get(&self, url: &str, token: Option<&str>) -> Result<reqwest::Response, Error> {
@@ -305,11 +324,7 @@ impl Client {
             })?;
         let status = resp.status();
         if status.is_success() {
-            let token = resp.text().await.map_err(|e| Error::Request {
-                method: "PUT",
-                url: url.clone(),
-                cause: chain(&e),
-            })?;
+            let token = self.text(resp, "PUT", &url).await?;
             let token = token.trim().to_string();
             if token.is_empty() {
                 return Err(Error::Malformed {

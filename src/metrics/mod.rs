@@ -2,6 +2,7 @@
 
 pub mod cloudwatch;
 pub mod figures;
+pub mod listener;
 pub mod prometheus;
 
 pub use figures::{HostFacts, HostFigures};

@@ -1,4 +1,5 @@
-//! Prometheus text exposition (format 0.0.4) on a loopback address: `/metrics` and `/healthz`.
+//! Prometheus text exposition (format 0.0.4) on a loopback address: `/metrics` and `/healthz`,
+//! served by [`listener`](super::listener).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -45,14 +46,7 @@ pub async fn serve(
             health,
             interval,
         });
-    let fut = async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "Prometheus endpoint stopped");
-        }
-    };
+    let fut = super::listener::serve(listener, app, super::listener::Limits::default(), shutdown);
     Ok((local, fut))
 }
 

@@ -12,7 +12,7 @@ use crate::support::{self, docker, imds::FakeImds, moto::Moto};
 const BIN: &str = env!("CARGO_BIN_EXE_ecs-capacity-agent");
 
 /// A config file in a temp dir that never reads the machine's /etc/ecs/ecs.config.
-fn config_file(dir: &Path, body: &str) -> PathBuf {
+pub(crate) fn config_file(dir: &Path, body: &str) -> PathBuf {
     let path = dir.join("config.toml");
     let text = format!(
         "[agent]\necs_config_path = \"{}\"\nstate_dir = \"{}\"\n{body}",
@@ -23,7 +23,7 @@ fn config_file(dir: &Path, body: &str) -> PathBuf {
     path
 }
 
-fn agent() -> Command {
+pub(crate) fn agent() -> Command {
     let mut cmd = Command::new(BIN);
     // Never let a test reach the link-local IMDS: point it at a closed loopback port.
     cmd.env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")
@@ -131,7 +131,7 @@ fn check_config_prints_each_value_with_its_source() {
 }
 
 /// Starts `run` on a local config and returns the child and the Prometheus address it logged.
-fn start_daemon(cfg: &Path) -> (Child, String) {
+pub(crate) fn start_daemon(cfg: &Path) -> (Child, String) {
     let mut child = agent()
         .args(["run", "--config", cfg.to_str().unwrap()])
         .stdout(Stdio::piped())
@@ -155,7 +155,7 @@ fn start_daemon(cfg: &Path) -> (Child, String) {
     (child, addr)
 }
 
-fn sigterm(child: &Child) {
+pub(crate) fn sigterm(child: &Child) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod bad_input;
 mod cgroup_real;
 mod cluster;
 mod daemon;
@@ -11,6 +12,7 @@ mod foundation;
 mod host;
 mod imds;
 mod install;
+mod listener;
 mod metrics;
 mod protection;
 mod scale_sim;
