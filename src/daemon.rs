@@ -1,6 +1,7 @@
 //! The daemon: wires the observers, the sinks and the notice watchers together, and ends them all on
 //! one cancellation token.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Loaded, SinkKind, Toggle};
-use crate::drain::{AwsEffects, DrainStatus, Handles, Runner, Settings, Store, Target};
+use crate::drain::{self, AwsEffects, DrainStatus, Handles, Runner, Settings, Store, Target};
 use crate::ecs::{self, ClusterShapes, Definitions, EcsReading};
 use crate::error::Error;
 use crate::health::Health;
@@ -394,6 +395,7 @@ fn start_drain(
         effects.clone(),
         health.clone(),
     );
+    let runner = runner.with_boot_id(drain::read_boot_id(Path::new(drain::BOOT_ID_PATH)));
     // Bounded: the pollers send a notice once when it appears and again only when it changes.
     let (tx, rx) = mpsc::channel(32);
     imds::spawn_pollers(

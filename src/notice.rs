@@ -1,6 +1,7 @@
 //! Interruption notices as IMDS serves them, parsed into one type the drain machine consumes.
 //! The IMDS pollers (`imds`) produce these; `drain` decides what to do with them.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 use std::time::SystemTime;
@@ -19,10 +20,22 @@ pub enum Notice {
     /// `autoscaling/target-lifecycle-state` turned `Terminated` (the ASG wants the instance gone).
     /// `seen_at` is when this daemon first saw it (the endpoint carries no time of its own).
     AutoScalingTerminated { seen_at: SystemTime },
+    /// `autoscaling/target-lifecycle-state` went from `InService` to `Warmed:*`: the group returns
+    /// the instance to its warm pool on scale in (ReuseOnScaleIn) instead of terminating it. Only
+    /// that change is a notice: an instance that starts in the warm pool and goes into service is not.
+    /// `seen_at` is when this daemon saw the change; it tells one return to the pool from the next.
+    AutoScalingWarmed {
+        target: LifecycleState,
+        seen_at: SystemTime,
+    },
     /// `events/recommendations/rebalance`: `{"noticeTime":"2020-11-05T08:22:00Z"}`.
     Rebalance { notice_time: SystemTime },
-    /// One entry of `events/maintenance/scheduled`.
+    /// One entry of `events/maintenance/scheduled`, or a canceled or completed one of
+    /// `events/maintenance/history`.
     Maintenance(MaintenanceEvent),
+    /// The ids `events/maintenance/scheduled` lists now (a 404 lists none): an event that was listed
+    /// and is not any more was withdrawn, or has passed.
+    MaintenanceListed { event_ids: BTreeSet<String> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,22 +251,45 @@ impl Notice {
             Notice::Spot { action, time } => format!("spot:{action:?}:{}", unix(*time)),
             // One termination per instance life: the instance does not come back from Terminated.
             Notice::AutoScalingTerminated { .. } => "autoscaling:terminated".to_string(),
+            // An instance can go back to its warm pool many times in its life: one notice each.
+            Notice::AutoScalingWarmed { target, seen_at } => {
+                format!("autoscaling:{target}:{}", unix(*seen_at))
+            }
             Notice::Rebalance { notice_time } => format!("rebalance:{}", unix(*notice_time)),
             Notice::Maintenance(e) => format!("maintenance:{}", e.event_id),
+            Notice::MaintenanceListed { .. } => "maintenance:listed".to_string(),
         }
     }
 
     /// `id()` plus what may change about the same notice and matters to the drain: a maintenance
     /// event's State (active → canceled) and its NotBefore. The one de-duplication key: the pollers
     /// re-send a notice only when its revision changes, and the drain acts on each revision once
-    /// (recording it in its persisted state, so the format stays as it is).
+    /// (recording it in its persisted state, so the format stays as it is). A maintenance listing
+    /// is compared every time it changes, never recorded.
     pub fn revision(&self) -> String {
         match self {
             Notice::Maintenance(e) => {
                 format!("{}:{:?}:{}", self.id(), e.state, unix(e.not_before))
             }
+            Notice::MaintenanceListed { event_ids } => format!(
+                "{}:{}",
+                self.id(),
+                event_ids
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
             _ => self.id(),
         }
+    }
+
+    /// Whether `revision` (of `revision()`) is one of maintenance event `event_id`'s.
+    pub fn is_revision_of_event(revision: &str, event_id: &str) -> bool {
+        revision
+            .strip_prefix("maintenance:")
+            .and_then(|rest| rest.strip_prefix(event_id))
+            .is_some_and(|rest| rest.starts_with(':'))
     }
 }
 

@@ -140,6 +140,15 @@ pub struct CloudWatchConfig {
     pub asg_dimension: bool,
     /// Unsent periods kept while CloudWatch is unreachable (oldest dropped first).
     pub buffer_periods: usize,
+    /// One datum per host per period: 60 s (standard resolution) or 10 s (high resolution);
+    /// `agent.interval` must divide it.
+    #[serde(with = "humantime_serde")]
+    pub period: Duration,
+    /// Also publish per host, with the `{ClusterName, InstanceId}` dimensions (each host's metrics
+    /// are then custom metrics of their own, billed monthly).
+    pub per_instance: bool,
+    /// Publish every metric, not only those the alarms and the dashboard read.
+    pub all_metrics: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -334,6 +343,9 @@ impl Default for CloudWatchConfig {
             namespace: "ECS/CapacityAgent".into(),
             asg_dimension: false,
             buffer_periods: 60,
+            period: Duration::from_secs(60),
+            per_instance: false,
+            all_metrics: false,
         }
     }
 }

@@ -142,6 +142,34 @@ fn ecs_config_is_read_and_file_wins_over_it() {
 }
 
 #[test]
+fn cloudwatch_period_must_be_10s_or_60s_and_divided_by_the_interval() {
+    let cw = "[sinks]\nenabled = [\"cloudwatch\"]\n";
+    // The text goes on under load_text's own [agent] header.
+    let err = load_text(&format!("interval = \"45s\"\n{cw}"), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("agent.interval") && err.contains("cloudwatch.period"),
+        "{err}"
+    );
+    let err = load_text(&format!("{cw}[cloudwatch]\nperiod = \"30s\"\n"), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cloudwatch.period") && err.contains("10s"),
+        "{err}"
+    );
+    let ok = load_text(
+        &format!("interval = \"5s\"\n{cw}[cloudwatch]\nperiod = \"10s\"\n"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(ok.config.cloudwatch.period, Duration::from_secs(10));
+    // Without the CloudWatch sink the interval is free.
+    assert!(load_text("interval = \"45s\"\n", &[]).is_ok());
+}
+
+#[test]
 fn bad_ecs_config_names_line_and_key() {
     let err = parse_ecs_config(Path::new("/e"), "ECS_CLUSTER=a\nECS_RESERVED_MEMORY=lots\n")
         .unwrap_err()

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::{Config, ConfigError, Source};
+use super::{Config, ConfigError, SinkKind, Source};
 
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
@@ -262,6 +262,12 @@ fn cloudwatch(c: &Config, check: &Check<'_>) -> Result<(), ConfigError> {
             "cloudwatch.buffer_periods",
             format!("{n} is not allowed: from {min} to {max}"),
         ));
+    }
+    if c.sinks.enabled.contains(&SinkKind::Cloudwatch)
+        && let Err((key, message)) =
+            crate::metrics::cloudwatch::check_period(c.cloudwatch.period, c.agent.interval)
+    {
+        return Err(check.invalid(key, message));
     }
     Ok(())
 }

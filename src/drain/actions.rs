@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use aws_config::SdkConfig;
 use aws_config::retry::RetryConfig;
-use aws_sdk_ecs::types::ContainerInstanceStatus;
+use aws_sdk_ecs::types::{ContainerInstance, ContainerInstanceStatus};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;
@@ -169,31 +169,37 @@ impl AwsEffects {
         ))
     }
 
-    async fn ecs_remaining(&self) -> Result<u32, Failure> {
+    /// This instance's container instance as ECS describes it now.
+    async fn describe_this(&self) -> Result<ContainerInstance, Failure> {
         let arn = self.container_instance_arn().await?;
         let cluster = &self.target.cluster;
+        let out = self
+            .ecs
+            .describe_container_instances()
+            .cluster(cluster)
+            .container_instances(&arn)
+            .send()
+            .await
+            .map_err(|e| failure("DescribeContainerInstances", &e))?;
+        out.container_instances
+            .unwrap_or_default()
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                Failure::new(
+                    Outcome::Rejected,
+                    format!("container instance {arn} is not in cluster {cluster:?}"),
+                )
+            })
+    }
+
+    async fn ecs_remaining(&self) -> Result<u32, Failure> {
         if self.ignore_families.is_empty() {
-            let out = self
-                .ecs
-                .describe_container_instances()
-                .cluster(cluster)
-                .container_instances(&arn)
-                .send()
-                .await
-                .map_err(|e| failure("DescribeContainerInstances", &e))?;
-            let ci = out
-                .container_instances
-                .unwrap_or_default()
-                .into_iter()
-                .next()
-                .ok_or_else(|| {
-                    Failure::new(
-                        Outcome::Rejected,
-                        format!("container instance {arn} is not in cluster {cluster:?}"),
-                    )
-                })?;
+            let ci = self.describe_this().await?;
             return Ok((ci.running_tasks_count + ci.pending_tasks_count).max(0) as u32);
         }
+        let arn = self.container_instance_arn().await?;
+        let cluster = &self.target.cluster;
         // Ignored families need the tasks themselves, not only the count.
         let mut task_arns = Vec::new();
         let mut pages = self
@@ -357,6 +363,13 @@ impl Effects for AwsEffects {
                 ));
             }
             Ok(())
+        })
+    }
+
+    fn is_draining(&self) -> BoxFuture<'_, Result<bool, Failure>> {
+        Box::pin(async move {
+            let ci = self.describe_this().await?;
+            Ok(ci.status.as_deref() == Some("DRAINING"))
         })
     }
 

@@ -81,6 +81,10 @@ pub struct State {
     pub handled: BTreeSet<String>,
     /// Scheduled maintenance waiting for its drain time, by event id.
     pub scheduled: BTreeMap<String, Scheduled>,
+    /// The boot (`/proc/sys/kernel/random/boot_id`) the daemon last ran in: a different one at start
+    /// means the instance rebooted or was stopped and started since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -176,6 +180,10 @@ pub struct Drain {
     pub ecs_draining: bool,
     pub tasks_remaining: Option<u32>,
     pub lifecycle: Lifecycle,
+    /// Whether this drain set the container instance DRAINING (`true`) or found it DRAINING already,
+    /// someone else's (`false`); unknown until ECS was asked. Only a drain that set it is undone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_by_agent: Option<bool>,
 }
 
 impl Drain {
@@ -187,6 +195,7 @@ impl Drain {
             ecs_draining: false,
             tasks_remaining: None,
             lifecycle: Lifecycle::None,
+            set_by_agent: None,
         }
     }
 
@@ -318,11 +327,18 @@ pub enum Input {
     Done(Done),
     /// The process (re)started with this state loaded.
     Restarted,
+    /// The process started in this boot (given before `Restarted`).
+    Booted {
+        boot_id: String,
+    },
 }
 
 /// The outcome of an effect.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Done {
+    /// Whether the container instance was DRAINING before this drain set it (asked just before
+    /// `SetDraining` while the drain does not know yet).
+    DrainingBefore(Result<bool, Failure>),
     SetDraining(Result<(), Failure>),
     SetActive(Result<(), Failure>),
     FindHook(Result<Option<Hook>, Failure>),
@@ -410,6 +426,7 @@ pub fn step(state: &State, input: Input, now: SystemTime, s: &Settings) -> (Stat
         Input::Tick { tasks } => on_tick(&mut st, tasks, &mut cx),
         Input::Done(done) => on_done(&mut st, done, &mut cx),
         Input::Restarted => on_restart(&mut st, &mut cx),
+        Input::Booted { boot_id } => on_boot(&mut st, boot_id, &mut cx),
     }
     (st, cx.effects)
 }
@@ -417,6 +434,7 @@ pub fn step(state: &State, input: Input, now: SystemTime, s: &Settings) -> (Stat
 /// The outcome of an effect, one row each.
 fn on_done(st: &mut State, done: Done, cx: &mut Ctx) {
     match done {
+        Done::DrainingBefore(before) => on_draining_before(st, before, cx),
         Done::SetDraining(Ok(())) => {
             if let Phase::Draining(d) = &mut st.phase {
                 d.ecs_draining = true;
@@ -459,6 +477,11 @@ fn on_done(st: &mut State, done: Done, cx: &mut Ctx) {
 }
 
 fn on_notice(st: &mut State, n: Notice, cx: &mut Ctx) {
+    if let Notice::MaintenanceListed { event_ids } = n {
+        // A snapshot, not an event: compared each time, never recorded as handled.
+        on_maintenance_listed(st, &event_ids, cx);
+        return;
+    }
     if !st.handled.insert(n.revision()) {
         return;
     }
@@ -467,21 +490,30 @@ fn on_notice(st: &mut State, n: Notice, cx: &mut Ctx) {
             react(st, Reason::Spot { action }, Some(time), cx);
         }
         Notice::AutoScalingTerminated { seen_at } => {
-            let reason = Reason::AutoScaling {
-                target: LifecycleState::Terminated,
-            };
-            if react(st, reason, None, cx)
-                && let Phase::Draining(d) = &mut st.phase
-                && d.lifecycle == Lifecycle::None
-            {
-                d.lifecycle = Lifecycle::Finding { seen_at };
-                cx.push(Effect::FindHook);
-            }
+            leave_group(st, LifecycleState::Terminated, seen_at, cx)
         }
+        // Back to the warm pool on scale in: the tasks go as for a termination. The group's
+        // EC2_INSTANCE_TERMINATING hook applies to it too (the instance waits in
+        // Warmed:Pending:Wait: "Use lifecycle hooks with a warm pool", Amazon EC2 Auto Scaling
+        // User Guide), so it is found and completed the same way.
+        Notice::AutoScalingWarmed { target, seen_at } => leave_group(st, target, seen_at, cx),
         Notice::Rebalance { .. } => {
             react(st, Reason::Rebalance, None, cx);
         }
         Notice::Maintenance(e) => on_maintenance(st, e, cx),
+        Notice::MaintenanceListed { .. } => {}
+    }
+}
+
+/// Auto Scaling takes the instance out of service (to `target`): drain, and find the terminating
+/// lifecycle hook whose action waits on this drain.
+fn leave_group(st: &mut State, target: LifecycleState, seen_at: SystemTime, cx: &mut Ctx) {
+    if react(st, Reason::AutoScaling { target }, None, cx)
+        && let Phase::Draining(d) = &mut st.phase
+        && d.lifecycle == Lifecycle::None
+    {
+        d.lifecycle = Lifecycle::Finding { seen_at };
+        cx.push(Effect::FindHook);
     }
 }
 
@@ -514,7 +546,7 @@ fn on_maintenance(st: &mut State, e: MaintenanceEvent, cx: &mut Ctx) {
         ),
         MaintenanceState::Canceled | MaintenanceState::Completed => {
             st.scheduled.remove(&e.event_id);
-            stand_down(st, &e.event_id, cx);
+            stand_down(st, &e.event_id, "canceled or completed", cx);
         }
     }
 }
@@ -579,8 +611,9 @@ fn start_due_maintenance(st: &mut State, cx: &mut Ctx) {
     }
 }
 
-/// A maintenance event was canceled or completed: drop its reason; with no reason left, back to ACTIVE.
-fn stand_down(st: &mut State, event_id: &str, cx: &mut Ctx) {
+/// A maintenance event was canceled, completed or withdrawn (`why`): drop its reason; with no reason
+/// left, the drain is undone.
+fn stand_down(st: &mut State, event_id: &str, why: &str, cx: &mut Ctx) {
     let is_it =
         |r: &Reason| matches!(r, Reason::Maintenance { event_id: id, .. } if id == event_id);
     let (Phase::Draining(drain) | Phase::Drained { drain, .. }) = &mut st.phase else {
@@ -591,11 +624,126 @@ fn stand_down(st: &mut State, event_id: &str, cx: &mut Ctx) {
     }
     drain.reasons.retain(|r| !is_it(r));
     if drain.reasons.is_empty() && drain.lifecycle == Lifecycle::None {
-        let message = format!(
-            "scheduled event {event_id} canceled or completed: standing down, back to ACTIVE"
+        undo(
+            st,
+            format!("scheduled event {event_id} {why}: standing down"),
+            cx,
         );
-        to_active(st, Level::Warn, message, cx);
     }
+}
+
+/// The drain is over without the instance going. ACTIVE again when this agent set it DRAINING;
+/// otherwise (someone else's DRAINING, or not known) the instance is left DRAINING.
+fn undo(st: &mut State, why: String, cx: &mut Ctx) {
+    let ours = drain_mut(&mut st.phase).is_some_and(|d| d.set_by_agent == Some(true));
+    if ours {
+        to_active(st, Level::Warn, format!("{why}, back to ACTIVE"), cx);
+    } else {
+        cx.log(
+            Level::Warn,
+            format!(
+                "{why}; the container instance was DRAINING before this agent drained it (or that \
+                 is not known): leaving it DRAINING"
+            ),
+        );
+        st.phase = Phase::Active;
+    }
+}
+
+/// `events/maintenance/scheduled` lists `listed` now. An event waiting for its drain time that is no
+/// longer listed is forgotten; a drain for one whose NotBefore has not come stands down. Either
+/// event is acted on again if it is listed again.
+fn on_maintenance_listed(st: &mut State, listed: &BTreeSet<String>, cx: &mut Ctx) {
+    let unlisted = |id: &String| !listed.contains(id);
+    let withdrawn: Vec<String> = st
+        .scheduled
+        .keys()
+        .filter(|id| unlisted(id))
+        .cloned()
+        .collect();
+    for event_id in withdrawn {
+        st.scheduled.remove(&event_id);
+        forget_event(st, &event_id);
+        cx.log(
+            Level::Info,
+            format!("scheduled event {event_id} is no longer listed: not draining for it"),
+        );
+    }
+    // The drain's deadline is the earliest NotBefore of its events: before it, every one of them
+    // is still to come, so one that vanishes was withdrawn, not carried out.
+    let Some(d) = drain_mut(&mut st.phase) else {
+        return;
+    };
+    if d.deadline.is_some_and(|deadline| cx.now >= deadline) {
+        return;
+    }
+    let vanished: Vec<String> = d
+        .reasons
+        .iter()
+        .filter_map(|r| match r {
+            Reason::Maintenance { event_id, .. } if unlisted(event_id) => Some(event_id.clone()),
+            _ => None,
+        })
+        .collect();
+    for event_id in vanished {
+        forget_event(st, &event_id);
+        stand_down(st, &event_id, "withdrawn before its time", cx);
+    }
+}
+
+/// Forgets that the notices of a maintenance event were handled, so it is acted on if it returns.
+fn forget_event(st: &mut State, event_id: &str) {
+    st.handled
+        .retain(|revision| !Notice::is_revision_of_event(revision, event_id));
+}
+
+/// Whether the container instance was DRAINING before this drain set it: recorded once.
+fn on_draining_before(st: &mut State, before: Result<bool, Failure>, cx: &mut Ctx) {
+    let Phase::Draining(d) = &mut st.phase else {
+        return;
+    };
+    if d.set_by_agent.is_some() {
+        return;
+    }
+    match before {
+        Ok(false) => d.set_by_agent = Some(true),
+        Ok(true) => {
+            d.set_by_agent = Some(false);
+            cx.log(
+                Level::Warn,
+                "the container instance was DRAINING already: draining on, and leaving it DRAINING \
+                 if this drain is undone",
+            );
+        }
+        Err(f) => cx.log(
+            Level::Warn,
+            format!(
+                "cannot tell whether the container instance was DRAINING already ({}): if this \
+                 drain is undone, it stays DRAINING",
+                f.message
+            ),
+        ),
+    }
+}
+
+/// The process started in boot `boot_id`. After a reboot (or a stop and start), a drain whose every
+/// reason was a reboot or a stop has nothing left to wait for: it is undone.
+fn on_boot(st: &mut State, boot_id: String, cx: &mut Ctx) {
+    let previous = st.boot_id.replace(boot_id.clone());
+    if previous.is_none_or(|p| p == boot_id) {
+        return;
+    }
+    let Some(d) = drain_mut(&mut st.phase) else {
+        return;
+    };
+    if !d.every_reason_is_reboot_or_stop() {
+        return;
+    }
+    let why = format!(
+        "the instance rebooted or was stopped and started since the drain ({})",
+        d.reason_text()
+    );
+    undo(st, why, cx);
 }
 
 fn on_activate(st: &mut State, cx: &mut Ctx) {

@@ -37,6 +37,8 @@ use crate::notice::Notice;
 pub trait Effects: Send + Sync + 'static {
     /// UpdateContainerInstancesState DRAINING (`true`) or ACTIVE (`false`); idempotent.
     fn set_draining(&self, draining: bool) -> BoxFuture<'_, Result<(), Failure>>;
+    /// Whether the container instance's status in ECS is DRAINING.
+    fn is_draining(&self) -> BoxFuture<'_, Result<bool, Failure>>;
     /// Tasks still to wait for on this instance.
     fn remaining_tasks(&self) -> BoxFuture<'_, Result<u32, Failure>>;
     /// The terminating lifecycle hook of this instance's group; `None` when there is none.
@@ -53,6 +55,9 @@ pub trait Effects: Send + Sync + 'static {
 impl<T: Effects + ?Sized> Effects for Arc<T> {
     fn set_draining(&self, draining: bool) -> BoxFuture<'_, Result<(), Failure>> {
         (**self).set_draining(draining)
+    }
+    fn is_draining(&self) -> BoxFuture<'_, Result<bool, Failure>> {
+        (**self).is_draining()
     }
     fn remaining_tasks(&self) -> BoxFuture<'_, Result<u32, Failure>> {
         (**self).remaining_tasks()
@@ -278,6 +283,8 @@ pub struct Runner {
     status: watch::Sender<DrainStatus>,
     /// Taken by `run`.
     commands: Option<mpsc::Receiver<Request>>,
+    /// The boot this process runs in (`with_boot_id`).
+    boot_id: Option<String>,
 }
 
 impl Runner {
@@ -297,6 +304,7 @@ impl Runner {
             health,
             status,
             commands: Some(commands),
+            boot_id: None,
         };
         (
             runner,
@@ -307,11 +315,21 @@ impl Runner {
         )
     }
 
+    /// The boot this process runs in (`read_boot_id`): a drain that only a reboot or a stop was for
+    /// is undone when `run` finds the state written in another boot.
+    pub fn with_boot_id(mut self, boot_id: Option<String>) -> Runner {
+        self.boot_id = boot_id;
+        self
+    }
+
     /// Runs until `token` is cancelled. Resumes whatever drain the state directory holds. A state
     /// directory that does not work (reported by the store) does not keep it from draining.
     pub async fn run(mut self, notices: mpsc::Receiver<Notice>, token: CancellationToken) {
         if let Err(e) = self.store.prepare() {
             tracing::error!(error = %e, "the drain state directory does not work: draining from memory until it does");
+        }
+        if let Some(boot_id) = self.boot_id.clone() {
+            self.apply(Input::Booted { boot_id }).await;
         }
         self.apply(Input::Restarted).await;
         let mut notices = Some(notices);
@@ -387,6 +405,11 @@ impl Runner {
             };
             self.status.send_replace(status);
             for effect in effects {
+                if effect == Effect::SetDraining
+                    && let Some(before) = self.draining_before().await
+                {
+                    queue.push_back(Input::Done(before));
+                }
                 if let Some(done) = self.perform(effect).await {
                     performed.push(done.clone());
                     queue.push_back(Input::Done(done));
@@ -394,6 +417,23 @@ impl Runner {
             }
         }
         performed
+    }
+
+    /// Whether the container instance is DRAINING before the drain sets it, asked only while the
+    /// drain does not know (so that undoing the drain leaves someone else's DRAINING alone).
+    async fn draining_before(&self) -> Option<Done> {
+        let unknown = matches!(
+            self.store.load().map(|s| s.phase),
+            Ok(Phase::Draining(ref d)) if d.set_by_agent.is_none()
+        );
+        if !unknown {
+            return None;
+        }
+        let r = self.effects.is_draining().await;
+        if r.is_err() {
+            self.health.error("drain_read_status");
+        }
+        Some(Done::DrainingBefore(r))
     }
 
     async fn perform(&self, effect: Effect) -> Option<Done> {
@@ -481,6 +521,25 @@ async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Where Linux says which boot this is: a random id, new at every boot.
+pub const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
+
+/// The boot id in `path` (`BOOT_ID_PATH`); `None`, with a warning, when it cannot be read: then no
+/// drain is undone after a reboot.
+pub fn read_boot_id(path: &Path) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        Ok(_) => {
+            tracing::warn!(path = %path.display(), "the boot id is empty: a drain for a reboot or a stop is not undone after one");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the boot id: a drain for a reboot or a stop is not undone after one");
+            None
+        }
     }
 }
 

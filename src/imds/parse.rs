@@ -10,6 +10,9 @@
 //!   "EventId": "instance-event-0d59937288b749b32", "NotAfter": "21 Jan 2019 09:17:23 GMT",
 //!   "State": "active"}`; a canceled event stays listed with `"State": "canceled"` and a description
 //!   starting `[Canceled]`.
+//! - `events/maintenance/history`: the same list, of the events that were completed
+//!   (`"State": "completed"`, description `[Completed] …`) or canceled (`"State": "canceled"`,
+//!   description `[Canceled] …`) ("View scheduled events", Amazon EC2 User Guide).
 
 use std::time::SystemTime;
 
@@ -73,7 +76,8 @@ pub fn spot(body: &str) -> Result<Notice, Malformed> {
     Ok(Notice::Spot { action, time })
 }
 
-/// The Auto Scaling target lifecycle state. Only `Terminated` is a notice.
+/// The Auto Scaling target lifecycle state. `Terminated` is a notice; so is a change from
+/// `InService` to `Warmed:*` (`lifecycle_change`).
 pub fn lifecycle_state(body: &str) -> Result<LifecycleState, Malformed> {
     body.trim().parse().map_err(malformed)
 }
@@ -87,6 +91,25 @@ pub fn lifecycle(body: &str, now: SystemTime) -> Parsed {
         }
         Ok(_) => Parsed::default(),
         Err(m) => Parsed::one(Err(m)),
+    }
+}
+
+/// The change from `previous` (what the last answered poll read; `None` at start or after a 404) to
+/// `current` that is a notice of its own: `InService` → `Warmed:*`, the group returning the instance
+/// to its warm pool on scale in (ReuseOnScaleIn). Starting in `Warmed:*` and going `InService` is not.
+pub fn lifecycle_change(
+    previous: Option<&LifecycleState>,
+    current: &LifecycleState,
+    now: SystemTime,
+) -> Option<Notice> {
+    match (previous, current) {
+        (Some(LifecycleState::InService), LifecycleState::Warmed(_)) => {
+            Some(Notice::AutoScalingWarmed {
+                target: current.clone(),
+                seen_at: now,
+            })
+        }
+        _ => None,
     }
 }
 
@@ -145,6 +168,39 @@ pub fn maintenance(body: &str) -> Parsed {
         }
     }
     parsed
+}
+
+/// `events/maintenance/history`: the canceled and completed entries, as notices that stand a drain
+/// for them down. An entry still marked active there is not a notice (`scheduled` announces those).
+pub fn maintenance_history(body: &str) -> Parsed {
+    let mut parsed = maintenance(body);
+    parsed
+        .notices
+        .retain(|n| matches!(n, Notice::Maintenance(e) if e.state != MaintenanceState::Active));
+    parsed
+}
+
+/// The ids a poll of `events/maintenance/scheduled` listed, well-formed or not: an entry that could
+/// not be read is still there, and must not be taken for withdrawn. `None` when the document as a
+/// whole could not be read (nothing is known about what it lists).
+pub fn maintenance_listed(body: &str) -> Option<Notice> {
+    let body = body.trim();
+    let entries: Vec<serde_json::Value> = if body.is_empty() {
+        Vec::new()
+    } else {
+        serde_json::from_str(body).ok()?
+    };
+    let mut event_ids = std::collections::BTreeSet::new();
+    for entry in entries {
+        // An entry without a readable EventId cannot be matched to anything scheduled: the
+        // listing is not trusted at all rather than taken to have withdrawn every event.
+        let id = entry.get("EventId")?.as_str()?.trim();
+        if id.is_empty() {
+            return None;
+        }
+        event_ids.insert(id.to_string());
+    }
+    Some(Notice::MaintenanceListed { event_ids })
 }
 
 fn maintenance_event(entry: serde_json::Value) -> Result<MaintenanceEvent, Malformed> {
@@ -452,5 +508,127 @@ mod tests {
         let long = "x".repeat(1000);
         assert!(excerpt(&long).chars().count() < 170);
         assert_eq!(excerpt("a\nb"), "\"a\\nb\"");
+    }
+
+    /// The user guide's example of `events/maintenance/history`: one canceled, one completed event.
+    const HISTORY: &str = r#"[
+  {
+    "NotBefore" : "21 Jan 2019 09:00:43 GMT",
+    "Code" : "system-reboot",
+    "Description" : "[Canceled] scheduled reboot",
+    "EventId" : "instance-event-0d59937288b749b32",
+    "NotAfter" : "21 Jan 2019 09:17:23 GMT",
+    "State" : "canceled"
+  },
+  {
+    "NotBefore" : "29 Jan 2019 09:00:43 GMT",
+    "Code" : "system-reboot",
+    "Description" : "[Completed] scheduled reboot",
+    "EventId" : "instance-event-0e439355b779n26",
+    "NotAfter" : "29 Jan 2019 09:17:23 GMT",
+    "State" : "completed"
+  }
+]"#;
+
+    #[test]
+    fn maintenance_history_as_documented_is_canceled_and_completed_events() {
+        let p = maintenance_history(HISTORY);
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+        let states: Vec<_> = p
+            .notices
+            .iter()
+            .map(|n| match n {
+                Notice::Maintenance(e) => (e.event_id.as_str(), e.code.clone(), e.state),
+                other => panic!("not a maintenance event: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            states,
+            [
+                (
+                    "instance-event-0d59937288b749b32",
+                    MaintenanceCode::SystemReboot,
+                    MaintenanceState::Canceled
+                ),
+                (
+                    "instance-event-0e439355b779n26",
+                    MaintenanceCode::SystemReboot,
+                    MaintenanceState::Completed
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn maintenance_history_ignores_an_entry_still_active_and_reports_garbage() {
+        assert!(maintenance_history(SCHEDULED).notices.is_empty());
+        assert_eq!(maintenance_history("[]"), Parsed::default());
+        assert_eq!(maintenance_history(""), Parsed::default());
+        assert_eq!(maintenance_history("<html>").problems.len(), 1);
+    }
+
+    #[test]
+    fn maintenance_listed_names_every_entry_even_a_malformed_one() {
+        let ids = |n: Option<Notice>| match n {
+            Some(Notice::MaintenanceListed { event_ids }) => {
+                Some(event_ids.into_iter().collect::<Vec<_>>())
+            }
+            other => panic!("not a listing: {other:?}"),
+        };
+        assert_eq!(
+            ids(maintenance_listed(SCHEDULED)),
+            Some(vec!["instance-event-0d59937288b749b32".to_string()])
+        );
+        assert_eq!(ids(maintenance_listed("[]")), Some(vec![]));
+        assert_eq!(ids(maintenance_listed("")), Some(vec![]));
+        // A bad NotBefore is a malformed event, but the event is still listed.
+        assert_eq!(
+            ids(maintenance_listed(
+                r#"[{"EventId":"ev-x","Code":"system-reboot","NotBefore":"tomorrow"}]"#
+            )),
+            Some(vec!["ev-x".to_string()])
+        );
+        // Nothing known: not a listing at all.
+        for body in [
+            "<html>",
+            r#"[{"Code":"system-reboot"}]"#,
+            r#"[{"EventId":""}]"#,
+        ] {
+            assert_eq!(maintenance_listed(body), None, "{body}");
+        }
+    }
+
+    #[test]
+    fn in_service_to_warmed_is_a_notice_and_warmed_to_in_service_is_not() {
+        let now = at(1_700_000_000);
+        let state = |s: &str| s.parse::<LifecycleState>().unwrap();
+        for warmed in ["Warmed:Stopped", "Warmed:Hibernated", "Warmed:Running"] {
+            assert_eq!(
+                lifecycle_change(Some(&state("InService")), &state(warmed), now),
+                Some(Notice::AutoScalingWarmed {
+                    target: state(warmed),
+                    seen_at: now
+                }),
+                "{warmed}"
+            );
+            // Started in the warm pool (or first seen there), then put in service: no notice.
+            assert_eq!(lifecycle_change(None, &state(warmed), now), None);
+            assert_eq!(
+                lifecycle_change(Some(&state(warmed)), &state("InService"), now),
+                None
+            );
+            assert_eq!(
+                lifecycle_change(Some(&state(warmed)), &state(warmed), now),
+                None
+            );
+        }
+        assert_eq!(
+            lifecycle_change(Some(&state("InService")), &state("InService"), now),
+            None
+        );
+        assert_eq!(
+            lifecycle_change(Some(&state("Standby")), &state("Warmed:Stopped"), now),
+            None
+        );
     }
 }

@@ -19,24 +19,27 @@ use super::client::{Client, Error};
 use super::parse::{self, Parsed};
 use crate::config::ImdsConfig;
 use crate::health::Health;
-use crate::notice::Notice;
+use crate::notice::{LifecycleState, Notice};
 use crate::retry::Backoff;
 
-/// The four notice paths.
+/// The notice paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Spot,
     Lifecycle,
     Rebalance,
     Maintenance,
+    /// Completed and canceled maintenance events move here from `scheduled`.
+    MaintenanceHistory,
 }
 
 impl Source {
-    pub const ALL: [Source; 4] = [
+    pub const ALL: [Source; 5] = [
         Source::Spot,
         Source::Lifecycle,
         Source::Rebalance,
         Source::Maintenance,
+        Source::MaintenanceHistory,
     ];
 
     /// The path under `latest/meta-data/`.
@@ -46,6 +49,7 @@ impl Source {
             Source::Lifecycle => "autoscaling/target-lifecycle-state",
             Source::Rebalance => "events/recommendations/rebalance",
             Source::Maintenance => "events/maintenance/scheduled",
+            Source::MaintenanceHistory => "events/maintenance/history",
         }
     }
 
@@ -56,6 +60,58 @@ impl Source {
             Source::Lifecycle => parse::lifecycle(body, now),
             Source::Rebalance => Parsed::one(parse::rebalance(body)),
             Source::Maintenance => parse::maintenance(body),
+            Source::MaintenanceHistory => parse::maintenance_history(body),
+        }
+    }
+}
+
+/// One path's answers turned into notices: what each answer says (`Source::parse`), plus what only
+/// the sequence of answers tells: a lifecycle state's change, and which scheduled events are listed
+/// now (so that one that vanishes is seen to). Pure, so it is tested without a server.
+#[derive(Debug)]
+pub struct Reader {
+    source: Source,
+    /// The lifecycle state the last answered poll read.
+    lifecycle: Option<LifecycleState>,
+}
+
+impl Reader {
+    pub fn new(source: Source) -> Reader {
+        Reader {
+            source,
+            lifecycle: None,
+        }
+    }
+
+    /// `body` is the answer; `None` for a 404.
+    pub fn read(&mut self, body: Option<&str>, now: SystemTime) -> Parsed {
+        match (self.source, body) {
+            (Source::Lifecycle, None) => {
+                // Not (or no longer) in an Auto Scaling group.
+                self.lifecycle = None;
+                Parsed::default()
+            }
+            (Source::Lifecycle, Some(body)) => {
+                let mut parsed = self.source.parse(body, now);
+                if let Ok(state) = parse::lifecycle_state(body) {
+                    parsed.notices.extend(parse::lifecycle_change(
+                        self.lifecycle.as_ref(),
+                        &state,
+                        now,
+                    ));
+                    self.lifecycle = Some(state);
+                }
+                parsed
+            }
+            (Source::Maintenance, body) => {
+                // A 404 lists no events, as `[]` does.
+                let body = body.unwrap_or("");
+                let mut parsed = self.source.parse(body, now);
+                parsed.notices.extend(parse::maintenance_listed(body));
+                parsed
+            }
+            (_, Some(body)) => self.source.parse(body, now),
+            (_, None) => Parsed::default(),
         }
     }
 }
@@ -69,8 +125,16 @@ pub struct Sent {
 
 impl Sent {
     /// The notices among `found` to send now: new ids, and known ids whose revision changed.
-    /// A notice that disappears and comes back unchanged is not sent again.
+    /// A notice that disappears and comes back unchanged is not sent again, except a scheduled
+    /// maintenance event: one that is no longer listed is forgotten, and sent again if it returns.
     pub fn fresh(&mut self, found: Vec<Notice>) -> Vec<Notice> {
+        if found
+            .iter()
+            .any(|n| matches!(n, Notice::MaintenanceListed { .. }))
+        {
+            let listed: std::collections::HashSet<String> = found.iter().map(Notice::id).collect();
+            self.revisions.retain(|id, _| listed.contains(id));
+        }
         found
             .into_iter()
             .filter(|n| {
@@ -137,6 +201,7 @@ pub async fn poll(
 ) {
     let path = source.path();
     let mut sent = Sent::default();
+    let mut reader = Reader::new(source);
     let mut backoff = Backoff::new(cadence.interval, cadence.backoff_cap);
     let mut failures: u64 = 0;
     let mut last_malformed: Option<String> = None;
@@ -172,8 +237,8 @@ pub async fn poll(
         // one right away rather than piling up.
         next = (started + cadence.interval).max(Instant::now());
 
-        let Some(body) = body else { continue };
-        let parsed = source.parse(&body, SystemTime::now());
+        let parsed = reader.read(body.as_deref(), SystemTime::now());
+        let body = body.unwrap_or_default();
         if parsed.problems.is_empty() {
             last_malformed = None;
         } else {
@@ -298,6 +363,62 @@ mod tests {
     }
 
     #[test]
+    fn the_lifecycle_reader_announces_in_service_to_warmed_once_per_return() {
+        let mut r = Reader::new(Source::Lifecycle);
+        let warmed = |at_secs| Notice::AutoScalingWarmed {
+            target: LifecycleState::Warmed("Stopped".into()),
+            seen_at: at(at_secs),
+        };
+        // Started in the warm pool, then put in service: nothing.
+        assert!(r.read(Some("Warmed:Stopped"), at(1)).notices.is_empty());
+        assert!(r.read(Some("InService"), at(2)).notices.is_empty());
+        assert_eq!(
+            r.read(Some("Warmed:Stopped"), at(3)).notices,
+            vec![warmed(3)]
+        );
+        assert!(r.read(Some("Warmed:Stopped"), at(4)).notices.is_empty());
+        // Garbage does not forget the state read before it.
+        assert_eq!(r.read(Some("InService"), at(5)).notices, vec![]);
+        assert_eq!(r.read(Some("garbage"), at(6)).problems.len(), 1);
+        assert_eq!(
+            r.read(Some("Warmed:Stopped"), at(7)).notices,
+            vec![warmed(7)]
+        );
+        // A 404 (out of the group) forgets it.
+        assert!(r.read(Some("InService"), at(8)).notices.is_empty());
+        assert!(r.read(None, at(9)).notices.is_empty());
+        assert!(r.read(Some("Warmed:Stopped"), at(10)).notices.is_empty());
+    }
+
+    #[test]
+    fn the_scheduled_reader_lists_events_and_a_404_lists_none() {
+        let mut r = Reader::new(Source::Maintenance);
+        let listing = |ids: &[&str]| Notice::MaintenanceListed {
+            event_ids: ids.iter().map(|s| s.to_string()).collect(),
+        };
+        assert_eq!(r.read(None, at(1)).notices, vec![listing(&[])]);
+        let body = r#"[{"NotBefore":"21 Jan 2019 09:00:43 GMT","Code":"system-reboot",
+            "EventId":"instance-event-1","State":"active"}]"#;
+        let notices = r.read(Some(body), at(2)).notices;
+        assert_eq!(notices.len(), 2);
+        assert_eq!(notices[1], listing(&["instance-event-1"]));
+    }
+
+    #[test]
+    fn an_event_no_longer_listed_is_sent_again_when_listed_again() {
+        let listing = |ids: &[&str]| Notice::MaintenanceListed {
+            event_ids: ids.iter().map(|s| s.to_string()).collect(),
+        };
+        let mut sent = Sent::default();
+        let ev = event(MaintenanceState::Active);
+        let with = vec![ev.clone(), listing(&["instance-event-1"])];
+        assert_eq!(sent.fresh(with.clone()), with);
+        assert!(sent.fresh(with.clone()).is_empty());
+        assert_eq!(sent.fresh(vec![listing(&[])]), vec![listing(&[])]);
+        assert_eq!(sent.fresh(with.clone()), with);
+    }
+
+    #[test]
     fn every_source_has_its_documented_path() {
         let paths: Vec<_> = Source::ALL.iter().map(|s| s.path()).collect();
         assert_eq!(
@@ -306,7 +427,8 @@ mod tests {
                 "spot/instance-action",
                 "autoscaling/target-lifecycle-state",
                 "events/recommendations/rebalance",
-                "events/maintenance/scheduled"
+                "events/maintenance/scheduled",
+                "events/maintenance/history"
             ]
         );
     }

@@ -1,12 +1,26 @@
-//! CloudWatch: the pure mapping from [`HostFigures`] to `MetricDatum`s, and the publisher that sends
-//! one `PutMetricData` per interval.
+//! CloudWatch: the pure mapping from [`HostFigures`] to `MetricDatum`s, the schedule that says which
+//! period is sent when, and the publisher that sends one `PutMetricData` per period.
 //!
 //! How the cluster aggregate stays right (the scale-out alarm reads `Sum` of `ContainerCapacity` over
 //! `{ClusterName}` across all hosts):
-//! - **One datum per host per period.** Periods are the interval aligned to the clock (the minute by
-//!   default); every datum carries the period's start as its timestamp, so the datums of one host for
-//!   one period all fall in the same alarm period, and the publisher claims each period at most once
-//!   (a material change publishes early by claiming the *next* period, never the current one again).
+//! - **One datum per host per period.** The period is `cloudwatch.period` (60 s, or 10 s at high
+//!   resolution), whatever `agent.interval` is (it divides the period). A period is sent once, after
+//!   it ended, with the last observation made in it (or in the period before, when an observation came
+//!   a little late), stamped with the period's start: a datum carries the period it was observed in.
+//! - **An early send replaces the end-of-period one, it never adds to it.** On a material change (a
+//!   drain starting: `Draining=1`) the publisher sends the *current* period at once with the new
+//!   figures (and first the period before, when its own send was still waiting), and marks it sent;
+//!   the end-of-period send of that period is then skipped. The period still has one datum, and
+//!   `Draining=1` reaches CloudWatch within one request's time.
+//! - **Clocks.** Period numbers come from the wall clock (CloudWatch aligns periods on it, and the
+//!   figures' timestamps are wall time); every wait runs on the monotonic clock and is recomputed from
+//!   the wall clock at each wake, so no wait is longer than one period whatever the wall clock does. A
+//!   wall clock stepped back names periods already sent: the publisher then goes on with the periods
+//!   after the last one sent, at every other wake, until the wall clock has caught up (a step of X:
+//!   datums up to X early, for about 2X). See [`Schedule`].
+//! - **Spread.** Each host sends at its own random offset into the next period (within its first
+//!   half, so a period is complete well before the alarms evaluate it), so a fleet does not send at
+//!   the same second; timestamps are unchanged.
 //! - **A period is sent once.** CloudWatch does not de-duplicate: the same timestamp, dimensions and
 //!   value sent twice is two samples, and `Sum` counts the host twice. So a request is re-sent only
 //!   when it certainly did not arrive (connection refused, throttling, 503: see
@@ -17,11 +31,13 @@
 //! - **Retry in one layer.** Each request goes through the SDK's standard retry (configured in
 //!   `aws.rs`). Periods that could not be sent wait in a bounded buffer (`cloudwatch.buffer_periods`,
 //!   oldest dropped first and counted as `cloudwatch_dropped_period`) and go out with the next
-//!   interval's request: buffering is not a second retry loop around a call.
+//!   period's request: buffering is not a second retry loop around a call.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::RngExt as _;
 
 use aws_config::SdkConfig;
 use aws_sdk_cloudwatch::Client;
@@ -85,6 +101,14 @@ impl Period {
         }
     }
 
+    /// The period before (the first period stays itself).
+    pub fn prev(&self) -> Period {
+        Period {
+            index: self.index.saturating_sub(1),
+            ..*self
+        }
+    }
+
     /// Standard (60 s) resolution for minute periods and longer; high resolution (1 s) below, so a
     /// short interval (tests, or a deliberate sub-minute setting) keeps its periods apart.
     pub fn storage_resolution(&self) -> i32 {
@@ -92,19 +116,68 @@ impl Period {
     }
 }
 
+/// The CloudWatch periods a host may publish at: one datum per period.
+pub const PERIODS: [Duration; 2] = [Duration::from_secs(60), Duration::from_secs(10)];
+
+/// Checks that `period` is one of [`PERIODS`] and that observations every `interval` fall evenly in
+/// it (the interval divides the period), so every period holds an observation. On error: the key to
+/// blame and why.
+pub fn check_period(period: Duration, interval: Duration) -> Result<(), (&'static str, String)> {
+    if !PERIODS.contains(&period) {
+        return Err((
+            "cloudwatch.period",
+            format!(
+                "{} is not allowed: 60s (standard resolution) or 10s (high resolution)",
+                humantime::format_duration(period)
+            ),
+        ));
+    }
+    let (p, i) = (period.as_nanos(), interval.as_nanos());
+    if i == 0 || i > p || p % i != 0 {
+        return Err((
+            "agent.interval",
+            format!(
+                "{} does not divide cloudwatch.period ({}): the agent.interval must divide the cloudwatch.period (e.g. 10s, 15s, 20s, 30s or 60s for 60s), or a period would hold no observation",
+                humantime::format_duration(interval),
+                humantime::format_duration(period)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // The pure mapping
 
+/// The metrics sent by default: what the alarms and the dashboard in `deploy/capacity-alarms.yaml`
+/// read (with the `*ByResource` variants of the first two). The others (reservation, utilization,
+/// ENIs, running tasks) are on `/metrics`, and in CloudWatch with `cloudwatch.all_metrics`: each
+/// metric name × dimension set is a custom metric CloudWatch bills by the month.
+pub const ALARM_METRICS: [&str; 6] = [
+    "ContainerCapacity",
+    "IdleHostCapacity",
+    "RemovableHosts",
+    "Hosts",
+    "Placeable",
+    "Draining",
+];
+
+/// Whether `name` goes to CloudWatch under this configuration.
+pub fn published(name: &str, cfg: &CloudWatchConfig) -> bool {
+    cfg.all_metrics || ALARM_METRICS.contains(&name)
+}
+
 /// The dimension sets every metric is published with: `{ClusterName}` (the cluster aggregate: Sum,
-/// Minimum, Maximum across hosts), `{ClusterName, InstanceId}` (per host), and
-/// `{ClusterName, AutoScalingGroupName}` when enabled and the group is known.
+/// Minimum, Maximum across hosts), `{ClusterName, InstanceId}` (per host) when
+/// `cloudwatch.per_instance`, and `{ClusterName, AutoScalingGroupName}` when enabled and the group is
+/// known.
 pub fn dimension_sets(f: &HostFigures, cfg: &CloudWatchConfig) -> Vec<Vec<Dimension>> {
     let dim = |name: &str, value: &str| Dimension::builder().name(name).value(value).build();
     let cluster = dim("ClusterName", &f.cluster);
-    let mut sets = vec![
-        vec![cluster.clone()],
-        vec![cluster.clone(), dim("InstanceId", &f.instance_id)],
-    ];
+    let mut sets = vec![vec![cluster.clone()]];
+    if cfg.per_instance {
+        sets.push(vec![cluster.clone(), dim("InstanceId", &f.instance_id)]);
+    }
     if cfg.asg_dimension
         && let Some(asg) = &f.autoscaling_group
     {
@@ -113,14 +186,14 @@ pub fn dimension_sets(f: &HostFigures, cfg: &CloudWatchConfig) -> Vec<Vec<Dimens
     sets
 }
 
-/// The datums of one host for the minute containing `f.at`.
+/// The datums of one host for the period (`cloudwatch.period`) containing `f.at`.
 pub fn datums(f: &HostFigures, cfg: &CloudWatchConfig) -> Vec<MetricDatum> {
-    period_datums(f, cfg, Period::containing(f.at, Duration::from_secs(60)))
+    period_datums(f, cfg, Period::containing(f.at, cfg.period))
 }
 
-/// The datums of one host for one period: every known metric in every dimension set, per-resource
-/// metrics (`<Name>ByResource`) once per constraining resource with a `Resource` dimension added;
-/// unknown figures are left out (never sent as 0).
+/// The datums of one host for one period: every known metric that is [`published`], in every
+/// dimension set, per-resource metrics (`<Name>ByResource`) once per constraining resource with a
+/// `Resource` dimension added; unknown figures are left out (never sent as 0).
 pub fn period_datums(f: &HostFigures, cfg: &CloudWatchConfig, period: Period) -> Vec<MetricDatum> {
     let timestamp = DateTime::from(period.start());
     let resolution = period.storage_resolution();
@@ -136,7 +209,7 @@ pub fn period_datums(f: &HostFigures, cfg: &CloudWatchConfig, period: Period) ->
             .storage_resolution(resolution)
             .build()
     };
-    for m in METRICS.iter() {
+    for m in METRICS.iter().filter(|m| published(m.name, cfg)) {
         if let Some(v) = f.value(m.name) {
             for dims in &sets {
                 out.push(datum(m.name, m.unit, dims.clone(), v));
@@ -315,12 +388,235 @@ pub async fn start(sdk: &SdkConfig, cfg: &Config, health: Arc<Health>) -> Result
     }
     health.published();
     tracing::info!(%region, %namespace, "CloudWatch reachable and PutMetricData allowed");
-    Ok(Publisher::new(
-        client,
-        cfg.cloudwatch.clone(),
-        cfg.agent.interval,
-        health,
-    ))
+    Ok(Publisher::new(client, cfg.cloudwatch.clone(), health))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The schedule
+
+/// The wall clock periods are numbered by; the publisher's waits run on the monotonic clock
+/// (`tokio::time`). Injected so tests can step it.
+pub trait WallClock: Send + Sync {
+    fn now(&self) -> SystemTime;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl WallClock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// One period to claim, and which figures it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub period: Period,
+    pub figures: Pick,
+    /// Claimed by a material change, before the period's own send point.
+    pub early: bool,
+}
+
+/// Which observation a claimed period carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// The last observation made in the period (or in the one before, when none was made in it).
+    ObservedIn,
+    /// The latest observation: an early send, or a period after a backward clock step.
+    Latest,
+}
+
+/// Which period is sent when: the pure core of the publisher, over wall-clock instants.
+///
+/// Period `P` is due at its end plus `offset` (the send point of `P`). Every period is claimed at
+/// most once and claims only go forward (`last` is the latest claimed period):
+/// - at a send point, the period that just ended is claimed unless it was sent early;
+/// - a material change claims the current period at once (and the one before when its send point has
+///   not come yet), so its own send point finds it sent and skips;
+/// - when the wall clock is behind the periods already sent (stepped back: the period that just
+///   ended was sent at a send point, not early), each other send point claims `last + 1` with the
+///   latest figures, so publishing goes on and the lead shrinks by one period every two, without a
+///   period sent twice; this ends once the wall clock has passed `last`.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    length: Duration,
+    offset: Duration,
+    last: Option<Period>,
+    /// `last` was claimed by a material change.
+    last_early: bool,
+    /// Behind the periods already sent: `Some(whether the previous send point claimed)`.
+    behind: Option<bool>,
+}
+
+impl Schedule {
+    /// `length`: the period; `offset`: how far into the next period a period is sent (below `length`).
+    pub fn new(length: Duration, offset: Duration) -> Schedule {
+        let length = length.max(Duration::from_secs(1));
+        Schedule {
+            length,
+            offset: offset.min(length / 2),
+            last: None,
+            last_early: false,
+            behind: None,
+        }
+    }
+
+    /// A random offset in the first half of the period: hosts spread their sends over it.
+    pub fn random_offset(length: Duration) -> Duration {
+        let half = (length / 2).as_millis().max(1) as u64;
+        Duration::from_millis(rand::rng().random_range(0..half))
+    }
+
+    pub fn length(&self) -> Duration {
+        self.length
+    }
+
+    pub fn offset(&self) -> Duration {
+        self.offset
+    }
+
+    pub fn period(&self, t: SystemTime) -> Period {
+        Period::containing(t, self.length)
+    }
+
+    /// The latest period claimed.
+    pub fn last(&self) -> Option<Period> {
+        self.last
+    }
+
+    /// Records that a claim was made.
+    pub fn claimed(&mut self, claim: &Claim) {
+        if self.last.is_none_or(|l| l < claim.period) {
+            self.last = Some(claim.period);
+            self.last_early = claim.early;
+        }
+    }
+
+    /// Time from `now` to the next send point: never more than one period, whatever the wall clock
+    /// did since the last wake.
+    pub fn until_next(&self, now: SystemTime) -> Duration {
+        let current = self.period(now);
+        let this = current.start() + self.offset;
+        let next = if now < this {
+            this
+        } else {
+            current.next().start() + self.offset
+        };
+        next.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .clamp(Duration::from_millis(1), self.length)
+    }
+
+    /// What a send point at `now` claims: the period that ended, and those before it back to the
+    /// last claimed (at most [`CATCH_UP_PERIODS`] in all, when the send point came late).
+    pub fn due(&mut self, now: SystemTime) -> Vec<Claim> {
+        let ended = self.period(now).prev();
+        let Some(last) = self.last.filter(|l| *l >= ended) else {
+            self.behind = None;
+            let first = ended.index.saturating_sub(CATCH_UP_PERIODS - 1);
+            let first = self.last.map_or(ended.index, |l| (l.index + 1).max(first));
+            return (first..=ended.index)
+                .map(|index| Claim {
+                    period: Period { index, ..ended },
+                    figures: Pick::ObservedIn,
+                    early: false,
+                })
+                .collect();
+        };
+        if self.behind.is_none() && (last == ended || (self.last_early && last == ended.next())) {
+            // Sent early (or a step back within a period): this send point has nothing to send.
+            return Vec::new();
+        }
+        let claim = !self.behind.unwrap_or(false);
+        self.behind = Some(claim);
+        claim
+            .then(|| Claim {
+                period: last.next(),
+                figures: Pick::Latest,
+                early: false,
+            })
+            .into_iter()
+            .collect()
+    }
+
+    /// What a material change at `now` claims: the period before when its send point has not come
+    /// yet, then the current period, each only if not claimed yet.
+    pub fn early(&self, now: SystemTime) -> Vec<Claim> {
+        let current = self.period(now);
+        let mut out = Vec::with_capacity(2);
+        if self.last.is_some_and(|l| l >= current) {
+            return out;
+        }
+        let before = current.prev();
+        if before < current && self.last.is_none_or(|l| l < before) {
+            out.push(Claim {
+                period: before,
+                figures: Pick::ObservedIn,
+                early: true,
+            });
+        }
+        out.push(Claim {
+            period: current,
+            figures: Pick::Latest,
+            early: true,
+        });
+        out
+    }
+}
+
+/// How many periods a wake may catch up on: the one that ended and the one before (a send point
+/// that came late, past the next period's start, on a loaded host).
+pub const CATCH_UP_PERIODS: u64 = 2;
+
+/// The last observation of each of the latest few periods (the newest last): enough to send a period
+/// after it ended, when the next period's first observations came before the send point or the
+/// send point itself came late.
+#[derive(Debug, Default, Clone)]
+pub struct Recent {
+    last_of_period: VecDeque<Arc<HostFigures>>,
+}
+
+impl Recent {
+    const KEPT: usize = CATCH_UP_PERIODS as usize + 2;
+
+    pub fn record(&mut self, f: Arc<HostFigures>, length: Duration) {
+        if let Some(latest) = self.last_of_period.back() {
+            if Arc::ptr_eq(latest, &f) {
+                return;
+            }
+            if Period::containing(latest.at, length) >= Period::containing(f.at, length) {
+                // The same period (or a wall clock stepped back): the newer observation replaces it.
+                self.last_of_period.pop_back();
+            }
+        }
+        self.last_of_period.push_back(f);
+        if self.last_of_period.len() > Self::KEPT {
+            self.last_of_period.pop_front();
+        }
+    }
+
+    pub fn latest(&self) -> Option<&Arc<HostFigures>> {
+        self.last_of_period.back()
+    }
+
+    /// The last observation made in `p`, else in the period before `p` (an observation that came just
+    /// late); none when the observer has not observed for longer (stale figures are not sent).
+    pub fn observed_in(&self, p: Period) -> Option<&Arc<HostFigures>> {
+        let length = Duration::from_secs(p.length_secs);
+        self.last_of_period.iter().rev().find(|f| {
+            let q = Period::containing(f.at, length);
+            q <= p && q.index + 1 >= p.index
+        })
+    }
+
+    pub fn pick(&self, claim: &Claim) -> Option<&Arc<HostFigures>> {
+        match claim.figures {
+            Pick::ObservedIn => self.observed_in(claim.period),
+            Pick::Latest => self.latest(),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -336,36 +632,46 @@ struct Pending {
 pub struct Publisher {
     client: Client,
     cfg: CloudWatchConfig,
-    interval: Duration,
     health: Arc<Health>,
+    clock: Arc<dyn WallClock>,
+    schedule: Schedule,
+    recent: Recent,
     buffer: VecDeque<Pending>,
-    /// The latest period already claimed (sent or buffered): never claimed twice.
-    claimed: Option<Period>,
 }
 
 type SendResult = (usize, Result<(), Outcome>);
 
 impl Publisher {
-    /// A publisher without the startup check (tests, or a caller that checked otherwise).
-    pub fn new(
-        client: Client,
-        cfg: CloudWatchConfig,
-        interval: Duration,
-        health: Arc<Health>,
-    ) -> Publisher {
+    /// A publisher without the startup check (tests, or a caller that checked otherwise), on the
+    /// system clock, with a random send offset.
+    pub fn new(client: Client, cfg: CloudWatchConfig, health: Arc<Health>) -> Publisher {
+        let offset = Schedule::random_offset(cfg.period);
         Publisher {
             client,
+            schedule: Schedule::new(cfg.period, offset),
             cfg,
-            interval: interval.max(Duration::from_secs(1)),
             health,
+            clock: Arc::new(SystemClock),
+            recent: Recent::default(),
             buffer: VecDeque::new(),
-            claimed: None,
         }
     }
 
-    /// Publishes until `token` is cancelled: at every period boundary (the interval aligned to the
-    /// clock), and at once when `publish_now` is notified (a material change) by claiming the next
-    /// period early. Sends run beside the clock, never blocking whoever updates `figures`.
+    /// The same publisher on another wall clock.
+    pub fn with_clock(mut self, clock: Arc<dyn WallClock>) -> Publisher {
+        self.clock = clock;
+        self
+    }
+
+    /// The same publisher with a fixed send offset into the next period.
+    pub fn with_offset(mut self, offset: Duration) -> Publisher {
+        self.schedule = Schedule::new(self.cfg.period, offset);
+        self
+    }
+
+    /// Publishes until `token` is cancelled: each period once after it ended (at the schedule's send
+    /// point), or earlier when `publish_now` is notified (a material change). Sends run beside the
+    /// clock, never blocking whoever updates `figures`.
     pub async fn run(
         mut self,
         mut figures: watch::Receiver<Option<Arc<HostFigures>>>,
@@ -373,31 +679,27 @@ impl Publisher {
         token: CancellationToken,
     ) {
         let mut in_flight: Option<tokio::task::JoinHandle<SendResult>> = None;
-        let mut next = Period::containing(SystemTime::now(), self.interval).next();
+        let mut observing = true;
+        tracing::debug!(period = ?self.schedule.length(), offset = ?self.schedule.offset(), "CloudWatch schedule");
         loop {
-            let sleep = until(next.start());
+            let wait = self.schedule.until_next(self.clock.now());
             tokio::select! {
                 _ = token.cancelled() => break,
-                _ = tokio::time::sleep(sleep) => {
-                    let due = next;
-                    next = Period::containing(SystemTime::now(), self.interval).next().max(due.next());
-                    let f = figures.borrow_and_update().clone();
-                    self.claim(due, f.as_deref());
+                _ = tokio::time::sleep(wait) => {
+                    self.take(&mut figures);
+                    for claim in self.schedule.due(self.clock.now()) {
+                        self.claim_pick(claim);
+                    }
+                }
+                changed = figures.changed(), if observing => {
+                    observing = changed.is_ok();
+                    self.take(&mut figures);
+                    continue;
                 }
                 _ = publish_now.notified() => {
-                    let now = Period::containing(SystemTime::now(), self.interval);
-                    let f = figures.borrow_and_update().clone();
-                    // The current period if still free, else the next one (sent early, timestamped
-                    // with its own start); if that is claimed too, the change waits for the clock.
-                    let target = match self.claimed {
-                        Some(c) if c >= now => now.next(),
-                        _ => now,
-                    };
-                    if self.claimed.is_none_or(|c| c < target) {
-                        self.claim(target, f.as_deref());
-                        if target > now {
-                            next = next.max(target.next());
-                        }
+                    self.take(&mut figures);
+                    for claim in self.schedule.early(self.clock.now()) {
+                        self.claim_pick(claim);
                     }
                 }
                 done = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
@@ -425,12 +727,31 @@ impl Publisher {
         }
     }
 
-    /// Records `period` with the current figures (nothing when there is no observation yet).
-    fn claim(&mut self, period: Period, figures: Option<&HostFigures>) {
+    /// Records the newest observation.
+    fn take(&mut self, figures: &mut watch::Receiver<Option<Arc<HostFigures>>>) {
+        if let Some(f) = figures.borrow_and_update().clone() {
+            self.recent.record(f, self.schedule.length());
+        }
+    }
+
+    /// Claims one period with the observation the schedule asks for.
+    fn claim_pick(&mut self, claim: Claim) {
+        let f = self.recent.pick(&claim).cloned();
+        if f.is_none() && self.recent.latest().is_some() {
+            // Observing, but nothing new since the period before this one: no stale figures.
+            self.health.error("cloudwatch_no_observation");
+            tracing::warn!(period = ?claim.period, "no observation in this period: nothing sent for it");
+        }
+        self.claim(claim, f.as_deref());
+    }
+
+    /// Records a claimed period with these figures (nothing when there is no observation).
+    fn claim(&mut self, claim: Claim, figures: Option<&HostFigures>) {
         let Some(f) = figures else {
             return;
         };
-        self.claimed = Some(period);
+        self.schedule.claimed(&claim);
+        let period = claim.period;
         let datums = period_datums(f, &self.cfg, period);
         if datums.is_empty() {
             return;
@@ -492,6 +813,11 @@ impl Publisher {
         }
     }
 
+    /// The health this publisher counts its errors and sends in.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
     pub fn buffered_periods(&self) -> usize {
         self.buffer.len()
     }
@@ -516,12 +842,6 @@ fn take_request(buffer: &VecDeque<Pending>) -> (usize, Vec<MetricDatum>) {
         n += 1;
     }
     (n, out)
-}
-
-/// Time from now until `t` (zero when past).
-fn until(t: SystemTime) -> Duration {
-    t.duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO)
 }
 
 #[cfg(test)]

@@ -130,11 +130,12 @@ pub fn render(report: Option<&HostStatus>, health: &Health) -> String {
     }
     write_family(
         &mut out,
-        &gauge(
-            "ecs_capacity_agent_observations_total",
-            "Observations of the host since start.",
-            health.observations() as f64,
-        ),
+        &Family {
+            name: "ecs_capacity_agent_observations_total",
+            help: "Observations of the host since start.",
+            kind: "counter",
+            samples: vec![(String::new(), health.observations() as f64)],
+        },
     );
     write_family(
         &mut out,
@@ -186,30 +187,39 @@ pub fn render(report: Option<&HostStatus>, health: &Health) -> String {
 }
 
 /// This host's published figures (the same [`HostFigures`](super::HostFigures) CloudWatch gets), as
-/// gauges named in `figures::METRICS`; per-resource figures carry a `resource` label. Unknown figures
-/// are left out. [`render`] puts them first when the daemon has them.
+/// gauges named in `figures::METRICS`. Per-resource figures are a family of their own,
+/// `<name>_by_resource` with a `resource` label: one label set per family, so `sum()` over a family
+/// never adds a total to its parts. Unknown figures are left out. [`render`] puts them first when the
+/// daemon has them.
 pub fn render_figures(out: &mut String, f: &super::HostFigures) {
     for m in super::figures::METRICS.iter() {
-        let mut samples = Vec::new();
         if let Some(v) = f.value(m.name) {
-            samples.push((String::new(), v));
+            write_family(out, &gauge(m.prometheus, m.help, v));
         }
-        for (resource, v) in f.by_resource(m.name) {
-            samples.push((format!("resource=\"{resource}\""), v));
+        let by_resource: Vec<_> = f
+            .by_resource(m.name)
+            .into_iter()
+            .map(|(resource, v)| (format!("resource=\"{resource}\""), v))
+            .collect();
+        if !by_resource.is_empty() {
+            let name = by_resource_name(m.prometheus);
+            let help = format!("{} By one resource alone.", m.help);
+            write_family(
+                out,
+                &Family {
+                    name: &name,
+                    help: &help,
+                    kind: "gauge",
+                    samples: by_resource,
+                },
+            );
         }
-        if samples.is_empty() {
-            continue;
-        }
-        write_family(
-            out,
-            &Family {
-                name: m.prometheus,
-                help: m.help,
-                kind: "gauge",
-                samples,
-            },
-        );
     }
+}
+
+/// The Prometheus family of a metric's per-resource figures.
+pub fn by_resource_name(prometheus: &str) -> String {
+    format!("{prometheus}_by_resource")
 }
 
 #[cfg(test)]
@@ -249,7 +259,8 @@ mod figures_tests {
         for line in [
             "# TYPE ecs_capacity_spare_tasks gauge",
             "ecs_capacity_spare_tasks 3",
-            "ecs_capacity_spare_tasks{resource=\"memory\"} 7",
+            "# TYPE ecs_capacity_spare_tasks_by_resource gauge",
+            "ecs_capacity_spare_tasks_by_resource{resource=\"memory\"} 7",
             "ecs_capacity_idle_fraction 0.5",
             "ecs_capacity_cpu_reserved_percent 25",
             "ecs_capacity_running_tasks 2",
@@ -259,7 +270,89 @@ mod figures_tests {
             assert!(out.lines().any(|l| l == line), "{line} missing in\n{out}");
         }
         assert!(!out.contains("ecs_capacity_memory_reserved_percent"));
+        // One label set per family: no labelled sample in an unlabelled family.
+        assert!(!out.contains("ecs_capacity_spare_tasks{"), "{out}");
         assert!(!out.contains("ecs_capacity_enis_attached"));
+    }
+
+    /// `(family, type, label names of each sample)` for every family in an exposition.
+    fn families(out: &str) -> Vec<(String, String, Vec<String>)> {
+        let mut fams: Vec<(String, String, Vec<String>)> = Vec::new();
+        for line in out.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                fams.push((name.into(), kind.into(), Vec::new()));
+            } else if !line.starts_with('#') {
+                let head = line.split_once(' ').unwrap().0;
+                let (name, labels) = head.split_once('{').unwrap_or((head, ""));
+                let keys: Vec<&str> = labels
+                    .trim_end_matches('}')
+                    .split(',')
+                    .filter(|kv| !kv.is_empty())
+                    .map(|kv| kv.split_once('=').unwrap().0)
+                    .collect();
+                let fam = fams.last_mut().unwrap();
+                assert_eq!(fam.0, name, "a sample under its own family");
+                fam.2.push(keys.join(","));
+            }
+        }
+        fams
+    }
+
+    #[test]
+    fn every_family_has_one_label_set_and_counters_are_typed_counter() {
+        let f = HostFigures {
+            at: SystemTime::now(),
+            cluster: "prod".into(),
+            instance_id: "i-1".into(),
+            autoscaling_group: None,
+            spare_tasks: Some(3),
+            spare_tasks_by_resource: BTreeMap::from([("cpu", 3), ("memory", 7)]),
+            idle_fraction: Some(0.5),
+            idle_fraction_by_resource: BTreeMap::from([("cpu", 0.5), ("memory", 0.875)]),
+            cpu_reserved_pct: Some(25.0),
+            memory_reserved_pct: Some(12.5),
+            cpu_used_pct: Some(3.0),
+            memory_used_pct: Some(4.0),
+            eni_attached: Some(1),
+            eni_limit: Some(3),
+            running_tasks: 2,
+            draining: false,
+            placeable: Some(true),
+            cpu_reserved_difference: None,
+            memory_reserved_difference: None,
+            removable: Some(true),
+        };
+        let mut out = String::new();
+        render_figures(&mut out, &f);
+        let health = crate::health::Health::default();
+        health.observed();
+        health.error("observation");
+        health.error("cloudwatch_unsent");
+        out.push_str(&render(None, &health));
+        let fams = families(&out);
+        for (name, kind, label_sets) in &fams {
+            assert!(!label_sets.is_empty(), "{name}: no sample");
+            assert!(
+                label_sets.iter().all(|l| l == &label_sets[0]),
+                "{name}: one label set per family: {label_sets:?}"
+            );
+            assert_eq!(
+                kind == "counter",
+                name.ends_with("_total"),
+                "{name}: counters (and only they) end in _total and are typed counter"
+            );
+        }
+        let names: Vec<_> = fams.iter().map(|f| f.0.as_str()).collect();
+        for name in [
+            "ecs_capacity_spare_tasks",
+            "ecs_capacity_spare_tasks_by_resource",
+            "ecs_capacity_idle_fraction_by_resource",
+            "ecs_capacity_agent_observations_total",
+            "ecs_capacity_agent_errors_total",
+        ] {
+            assert!(names.contains(&name), "{name} in {names:?}");
+        }
     }
 }
 

@@ -909,3 +909,207 @@ async fn cli_drain_of_an_instance_not_in_the_cluster_says_so() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--instance-id"));
 }
+
+/// The daemon's drain wiring in one boot: the IMDS pollers against the fake IMDS, the runner (told
+/// the boot id) over `dir`, moto behind the proxy.
+struct Booted {
+    token: CancellationToken,
+    tracker: TaskTracker,
+    status: tokio::sync::watch::Receiver<DrainStatus>,
+}
+
+fn boot(w: &World, fake: &FakeImds, dir: &std::path::Path, boot_id: &str) -> Booted {
+    let cfg = ImdsConfig {
+        poll_interval: Duration::from_millis(100),
+        ..ImdsConfig::default()
+    };
+    let client = imds::Client::with_endpoint(&cfg, &fake.url()).expect("IMDS client");
+    let health = Arc::new(Health::default());
+    let (runner, handles) = Runner::new(
+        settings(),
+        Store::open(dir).unwrap(),
+        w.effects(),
+        health.clone(),
+    );
+    let runner = runner.with_boot_id(Some(boot_id.into()));
+    let (tx, rx) = mpsc::channel(32);
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    imds::spawn_pollers(Arc::new(client), &cfg, tx, token.clone(), &tracker, health);
+    tracker.spawn(runner.run(rx, token.clone()));
+    tracker.close();
+    Booted {
+        token,
+        tracker,
+        status: handles.status,
+    }
+}
+
+impl Booted {
+    async fn stop(self) {
+        self.token.cancel();
+        self.tracker.wait().await;
+    }
+}
+
+const SCHEDULED: &str = "events/maintenance/scheduled";
+const HISTORY: &str = "events/maintenance/history";
+
+/// One maintenance event as IMDS lists it, NotBefore two minutes from now (within the lead time:
+/// the drain starts at once).
+fn maintenance_event(id: &str, code: &str, state: &str) -> String {
+    let not_before = time::OffsetDateTime::from(SystemTime::now() + Duration::from_secs(120))
+        .format(time::macros::format_description!(
+            "[day padding:none] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+        ))
+        .unwrap();
+    format!(
+        r#"[{{"NotBefore":"{not_before}","Code":"{code}","Description":"scheduled {code}",
+            "EventId":"{id}","State":"{state}"}}]"#
+    )
+}
+
+impl World {
+    async fn set_status_in_ecs(&self, status: aws_sdk_ecs::types::ContainerInstanceStatus) {
+        self.ecs
+            .update_container_instances_state()
+            .cluster(CLUSTER)
+            .container_instances(&self.container_instance)
+            .status(status)
+            .send()
+            .await
+            .expect("update container instance state");
+    }
+}
+
+/// A reboot-type maintenance drains; after the reboot (a new boot id, the event completed) the
+/// restarted daemon sets the instance ACTIVE again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reboot_maintenance_drains_and_a_restart_in_a_new_boot_sets_active_again() {
+    let w = require!(world().await, "moto");
+    let fake = FakeImds::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    fake.set(
+        SCHEDULED,
+        &maintenance_event("instance-event-r1", "system-reboot", "active"),
+    );
+    let first = boot(&w, &fake, dir.path(), "boot-a");
+    until(30, "DRAINING in moto", async || {
+        w.status_in_ecs().await == "DRAINING"
+    })
+    .await;
+    first.stop().await;
+    // The reboot: the event moves to the history, completed.
+    fake.set(SCHEDULED, "[]");
+    fake.set(
+        HISTORY,
+        &maintenance_event("instance-event-r1", "system-reboot", "completed"),
+    );
+    let second = boot(&w, &fake, dir.path(), "boot-b");
+    until(30, "ACTIVE in moto", async || {
+        w.status_in_ecs().await == "ACTIVE"
+    })
+    .await;
+    assert!(matches!(*second.status.borrow(), DrainStatus::Idle { .. }));
+    second.stop().await;
+}
+
+/// The same, on a host someone else had set DRAINING: it stays DRAINING.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_someone_else_set_draining_stays_draining_after_the_reboot() {
+    let w = require!(world().await, "moto");
+    w.set_status_in_ecs(aws_sdk_ecs::types::ContainerInstanceStatus::Draining)
+        .await;
+    let fake = FakeImds::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    fake.set(
+        SCHEDULED,
+        &maintenance_event("instance-event-r2", "instance-reboot", "active"),
+    );
+    let first = boot(&w, &fake, dir.path(), "boot-a");
+    let mut status = first.status.clone();
+    until(30, "the drain", async || {
+        matches!(*status.borrow_and_update(), DrainStatus::Draining { .. })
+    })
+    .await;
+    until(30, "DRAINING sent", async || {
+        !w.proxy.calls_of("UpdateContainerInstancesState").is_empty()
+    })
+    .await;
+    first.stop().await;
+    fake.set(SCHEDULED, "[]");
+    let second = boot(&w, &fake, dir.path(), "boot-b");
+    let mut status = second.status.clone();
+    until(30, "the drain undone", async || {
+        matches!(*status.borrow_and_update(), DrainStatus::Idle { .. })
+    })
+    .await;
+    // Several checks later, still DRAINING: only this test's DRAINING and the first drain's were
+    // ever sent, never an ACTIVE.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(w.status_in_ecs().await, "DRAINING");
+    assert_eq!(w.proxy.calls_of("UpdateContainerInstancesState").len(), 2);
+    second.stop().await;
+}
+
+/// A maintenance event canceled (listed canceled in the history) stands its drain down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canceled_maintenance_sets_the_host_active_again() {
+    let w = require!(world().await, "moto");
+    let fake = FakeImds::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    fake.set(
+        SCHEDULED,
+        &maintenance_event("instance-event-c1", "instance-stop", "active"),
+    );
+    let daemon = boot(&w, &fake, dir.path(), "boot-a");
+    until(30, "DRAINING in moto", async || {
+        w.status_in_ecs().await == "DRAINING"
+    })
+    .await;
+    fake.set(
+        HISTORY,
+        &maintenance_event("instance-event-c1", "instance-stop", "canceled"),
+    );
+    until(30, "ACTIVE in moto", async || {
+        w.status_in_ecs().await == "ACTIVE"
+    })
+    .await;
+    assert!(matches!(*daemon.status.borrow(), DrainStatus::Idle { .. }));
+    daemon.stop().await;
+}
+
+/// InService → Warmed:Stopped (back to the warm pool on scale in) drains the host, and the
+/// terminating hook's action is completed once the task is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_service_to_warmed_stopped_is_drained_and_the_hook_continued_once() {
+    const LIFECYCLE: &str = "autoscaling/target-lifecycle-state";
+    let w = require!(world().await, "moto");
+    let fake = FakeImds::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    fake.set(LIFECYCLE, "InService");
+    let daemon = boot(&w, &fake, dir.path(), "boot-a");
+    assert!(fake.polls_pass(3, Duration::from_secs(60)).await);
+    assert_eq!(w.status_in_ecs().await, "ACTIVE");
+    fake.set(LIFECYCLE, "Warmed:Stopped");
+    until(30, "DRAINING in moto", async || {
+        w.status_in_ecs().await == "DRAINING"
+    })
+    .await;
+    until(30, "a heartbeat", async || {
+        !w.proxy
+            .calls_of("RecordLifecycleActionHeartbeat")
+            .is_empty()
+    })
+    .await;
+    w.stop_task().await;
+    until(30, "CONTINUE", async || w.continues() == 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(w.proxy.calls_of("CompleteLifecycleAction").len(), 1);
+    let status = daemon.status.borrow().clone();
+    assert!(
+        matches!(status, DrainStatus::Drained { forced: false, .. }),
+        "{status:?}"
+    );
+    daemon.stop().await;
+}

@@ -2,6 +2,7 @@
 //! reuse and refresh, 401 handling, 404 as "no notice", each notice kind emitted once, maintenance
 //! cancellation re-emitted, polling surviving 500s / garbage / timeouts / an unreachable IMDS.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -42,6 +43,8 @@ struct Pollers {
     token: CancellationToken,
     tracker: TaskTracker,
     health: Arc<Health>,
+    /// The scheduled-event listings received, kept apart from the events themselves.
+    listings: Vec<BTreeSet<String>>,
 }
 
 impl Pollers {
@@ -64,22 +67,39 @@ impl Pollers {
             token,
             tracker,
             health,
+            listings: Vec::new(),
         }
     }
 
+    /// The next notice that is not a listing of scheduled events (those go to `listings`).
     async fn next(&mut self) -> Notice {
-        tokio::time::timeout(PATIENCE, self.rx.recv())
-            .await
-            .expect("a notice within the patience bound")
-            .expect("pollers alive")
+        loop {
+            let n = tokio::time::timeout(PATIENCE, self.rx.recv())
+                .await
+                .expect("a notice within the patience bound")
+                .expect("pollers alive");
+            if let Some(n) = self.keep(n) {
+                return n;
+            }
+        }
     }
 
     fn pending(&mut self) -> Vec<Notice> {
         let mut out = Vec::new();
         while let Ok(n) = self.rx.try_recv() {
-            out.push(n);
+            out.extend(self.keep(n));
         }
         out
+    }
+
+    fn keep(&mut self, n: Notice) -> Option<Notice> {
+        match n {
+            Notice::MaintenanceListed { event_ids } => {
+                self.listings.push(event_ids);
+                None
+            }
+            n => Some(n),
+        }
     }
 
     async fn stop(self) {
@@ -329,6 +349,7 @@ async fn each_notice_kind_is_parsed_and_emitted_once() {
             Notice::AutoScalingTerminated { .. } => terminated += 1,
             Notice::Rebalance { notice_time } => rebalance = Some(unix(notice_time)),
             Notice::Maintenance(e) => maintenance = Some(e),
+            other => panic!("unexpected notice {other:?}"),
         }
     }
     assert_eq!(spot, Some((SpotAction::Terminate, 1_505_722_920)));

@@ -189,3 +189,76 @@ fn installed_unit_passes_systemd_analyze_verify() {
         "systemd-analyze verify warned: {text}"
     );
 }
+
+/// Runs scripts/check-deploy.sh over `deploy`: (success, stderr).
+fn check_deploy(deploy: &Path) -> (bool, String) {
+    let root = repo_root();
+    assert!(
+        root.join(".venv/bin/cfn-lint").exists(),
+        ".venv/bin/cfn-lint missing: run scripts/test-env.sh"
+    );
+    let out = Command::new(root.join("scripts/check-deploy.sh"))
+        .env("DEPLOY_DIR", deploy)
+        .output()
+        .expect("run scripts/check-deploy.sh");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The shipped policy covers every SDK operation the code calls and no other; taking one action out
+/// of both the policy and the template fails the check, naming the action and where the code calls
+/// it, and so does allowing one the code does not call.
+#[test]
+fn check_deploy_fails_when_a_called_operation_has_no_statement() {
+    let root = repo_root();
+    let (ok, err) = check_deploy(&root.join("deploy"));
+    assert!(ok, "the shipped deploy/ passes: {err}");
+    assert!(
+        err.contains("ecs:ListTasks") && err.contains("cloudwatch:PutMetricData"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = std::fs::read_to_string(root.join("deploy/iam-policy.json")).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&policy).unwrap();
+    for s in json["Statement"].as_array_mut().unwrap() {
+        if let Some(actions) = s["Action"].as_array_mut() {
+            actions.retain(|a| a != "ecs:ListTasks");
+        }
+    }
+    std::fs::write(
+        dir.path().join("iam-policy.json"),
+        serde_json::to_string_pretty(&json).unwrap(),
+    )
+    .unwrap();
+    let template = std::fs::read_to_string(root.join("deploy/capacity-alarms.yaml")).unwrap();
+    let without = template.replace("              - ecs:ListTasks\n", "");
+    assert_ne!(without, template, "the template lists ecs:ListTasks");
+    std::fs::write(dir.path().join("capacity-alarms.yaml"), without).unwrap();
+
+    let (ok, err) = check_deploy(dir.path());
+    assert!(!ok, "a missing statement fails the check");
+    assert!(
+        err.contains("no statement allows ecs:ListTasks")
+            && err.contains("iam-policy.json")
+            && err.contains("capacity-alarms.yaml")
+            && err.contains("src/"),
+        "{err}"
+    );
+
+    let extra = template.replace(
+        "              - ec2:DescribeInstanceTypes\n",
+        "              - ec2:DescribeInstanceTypes\n              - ec2:DescribeVolumes\n",
+    );
+    assert_ne!(extra, template);
+    std::fs::write(dir.path().join("capacity-alarms.yaml"), extra).unwrap();
+    std::fs::write(dir.path().join("iam-policy.json"), &policy).unwrap();
+    let (ok, err) = check_deploy(dir.path());
+    assert!(!ok, "an action no code calls fails the check");
+    assert!(
+        err.contains("allows ec2:DescribeVolumes, which no code in src/ calls"),
+        "{err}"
+    );
+}

@@ -66,11 +66,16 @@ fn figures(host: &capacity::HostCapacity, running_tasks: u32) -> HostFigures {
     )
 }
 
-fn cw_config(namespace: &str) -> CloudWatchConfig {
+/// Short periods keep the tests quick (the product allows 10 s and 60 s; the schedule is the same
+/// arithmetic at any length). Per instance and every metric, so each host can be read back alone.
+fn cw_config(namespace: &str, period: Duration) -> CloudWatchConfig {
     CloudWatchConfig {
         namespace: namespace.into(),
         asg_dimension: false,
         buffer_periods: 30,
+        period,
+        per_instance: true,
+        all_metrics: true,
     }
 }
 
@@ -82,42 +87,78 @@ async fn peers() -> Result<(Moto, CloudWatchProxy), String> {
     Ok((moto, proxy))
 }
 
+/// A publisher and an observer: every `interval` the observer sends `make(n)` (n = 1, 2, ...)
+/// stamped with the time of that observation, as the daemon's observe loop does.
 struct Running {
     token: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    observer: tokio::task::JoinHandle<u32>,
+    /// The observer's channel: a test sends a material change through it, then `publish_now`.
     figures: watch::Sender<Option<Arc<HostFigures>>>,
     publish_now: Arc<Notify>,
     health: Arc<Health>,
 }
 
 impl Running {
-    async fn stop(self) {
+    async fn stop(self) -> u32 {
         self.token.cancel();
         let _ = self.task.await;
+        self.observer.await.unwrap_or(0)
     }
 }
 
+type Make = Arc<dyn Fn(u32) -> HostFigures + Send + Sync>;
+
+/// A publisher sending each period at its end (offset 0), on the system clock, observed every
+/// `interval`.
 fn run_publisher(
     sdk: &aws_config::SdkConfig,
     namespace: &str,
+    period: Duration,
     interval: Duration,
-    f: HostFigures,
+    make: Make,
 ) -> Running {
-    let health = Arc::new(Health::default());
     let publisher = Publisher::new(
         cloudwatch::client(sdk),
-        cw_config(namespace),
-        interval,
-        health.clone(),
-    );
-    let (tx, rx) = watch::channel(Some(Arc::new(f)));
+        cw_config(namespace, period),
+        Arc::new(Health::default()),
+    )
+    .with_offset(Duration::ZERO);
+    start_publisher(publisher, interval, make, Arc::new(SystemTime::now))
+}
+
+fn start_publisher(
+    publisher: Publisher,
+    interval: Duration,
+    make: Make,
+    now: Arc<dyn Fn() -> SystemTime + Send + Sync>,
+) -> Running {
+    let health = publisher.health();
+    let (tx, rx) = watch::channel(None);
     let publish_now = Arc::new(Notify::new());
     let token = CancellationToken::new();
     let task = tokio::spawn(publisher.run(rx, publish_now.clone(), token.clone()));
+    let stop = token.clone();
+    let figures = tx.clone();
+    let observer = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        let mut n = 0u32;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return n,
+                _ = ticker.tick() => {}
+            }
+            n += 1;
+            let mut f = make(n);
+            f.at = now();
+            tx.send_replace(Some(Arc::new(f)));
+        }
+    });
     Running {
         token,
         task,
-        figures: tx,
+        observer,
+        figures,
         publish_now,
         health,
     }
@@ -197,11 +238,19 @@ async fn several_hosts_one_period_sum_is_the_clusters_container_capacity() {
     ];
     let computed = capacity::compute(&hosts, &[shape()], 1.0);
     assert_eq!(computed.container_capacity, 6, "the state under test");
-    let interval = Duration::from_secs(2);
     let running: Vec<_> = computed
         .hosts
         .iter()
-        .map(|h| run_publisher(&sdk, ns, interval, figures(h, 3)))
+        .map(|h| {
+            let h = h.clone();
+            run_publisher(
+                &sdk,
+                ns,
+                Duration::from_secs(2),
+                Duration::from_secs(1),
+                Arc::new(move |_| figures(&h, 3)),
+            )
+        })
         .collect();
 
     // A period every host has published.
@@ -275,19 +324,22 @@ async fn several_hosts_one_period_sum_is_the_clusters_container_capacity() {
 async fn steady_state_sends_exactly_one_put_per_interval_even_with_publish_now() {
     let (_moto, proxy) = require!(peers().await, "moto");
     let sdk = proxy.sdk_config().await;
-    let cluster = capacity::compute(&[host("i-0steady", 512, 512)], &[shape()], 1.0);
+    let report = capacity::compute(&[host("i-0steady", 512, 512)], &[shape()], 1.0);
+    let h = report.hosts[0].clone();
     let r = run_publisher(
         &sdk,
         "Test/Steady",
         Duration::from_secs(1),
-        figures(&cluster.hosts[0], 1),
+        Duration::from_millis(250),
+        Arc::new(move |_| figures(&h, 1)),
     );
     eventually(Duration::from_secs(60), || async {
         (proxy.period_puts().len() >= 2).then_some(())
     })
     .await
     .expect("first periods published");
-    // Material changes: the first claims the next period early, the second finds it claimed.
+    // Material changes: the first sends the current period early, the second finds it sent (and
+    // the period's own send point skips it).
     r.publish_now.notify_one();
     tokio::time::sleep(Duration::from_millis(20)).await;
     r.publish_now.notify_one();
@@ -327,28 +379,19 @@ async fn outage_of_three_intervals_delivers_the_buffered_periods_after() {
     let (_moto, mut proxy) = require!(peers().await, "moto");
     let sdk = proxy.sdk_config().await;
     let ns = "Test/Outage";
-    let cluster = capacity::compute(&[host("i-0outage", 0, 0)], &[shape()], 1.0);
-    let h = cluster.hosts[0].clone();
-    let r = run_publisher(&sdk, ns, Duration::from_secs(1), figures(&h, 0));
-    let health = r.health.clone();
-
+    let report = capacity::compute(&[host("i-0outage", 0, 0)], &[shape()], 1.0);
+    let h = report.hosts[0].clone();
     // The observer: a new observation (running_tasks = its sequence number) every 100 ms, which
     // the publisher must never hold up, outage or not.
-    let observing = CancellationToken::new();
-    let observer = {
-        let tx = r.figures.clone();
-        let stop = observing.clone();
-        let h = h.clone();
-        tokio::spawn(async move {
-            let mut n = 0u32;
-            while !stop.is_cancelled() {
-                n += 1;
-                tx.send_replace(Some(Arc::new(figures(&h, n))));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            n
-        })
-    };
+    let observed = h.clone();
+    let r = run_publisher(
+        &sdk,
+        ns,
+        Duration::from_secs(1),
+        Duration::from_millis(100),
+        Arc::new(move |n| figures(&observed, n)),
+    );
+    let health = r.health.clone();
 
     eventually(Duration::from_secs(60), || async {
         (proxy.period_puts().len() >= 2).then_some(())
@@ -384,9 +427,7 @@ async fn outage_of_three_intervals_delivers_the_buffered_periods_after() {
     })
     .await
     .expect("steady again");
-    r.stop().await;
-    observing.cancel();
-    let observations = observer.await.unwrap();
+    let observations = r.stop().await;
     assert!(observations > 30, "observation kept going: {observations}");
 
     let by_period = puts_by_period(&proxy);
@@ -495,4 +536,264 @@ async fn startup_check_passes_and_fails_fast_with_a_clear_message() {
         "{err}"
     );
     let _ = UNIX_EPOCH;
+}
+
+/// `(period start, Sum, SampleCount)` of `Hosts` for one instance, every `period` seconds from
+/// `from` to `to`.
+async fn host_periods(
+    sdk: &aws_config::SdkConfig,
+    ns: &str,
+    metric: &str,
+    instance: &str,
+    from: i64,
+    to: i64,
+    period: i32,
+) -> Vec<(i64, f64, f64)> {
+    statistics(
+        &cloudwatch::client(sdk),
+        ns,
+        metric,
+        dims(&[("ClusterName", CLUSTER), ("InstanceId", instance)]),
+        from,
+        to,
+        period,
+    )
+    .await
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// The 20 s and 60 s intervals of a 60 s period, scaled down to a 3 s period: an interval of a
+/// third of the period, and one equal to it. Each host sends exactly one datum per period, each
+/// carrying an observation of its own period (`RunningTasks` = the observation's number, rising).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_one_datum_per_period_whatever_the_interval() {
+    let (_moto, proxy) = require!(peers().await, "moto");
+    let sdk = proxy.sdk_config().await;
+    let ns = "Test/OnePerPeriod";
+    let period = 3;
+    let report = capacity::compute(
+        &[host("i-0third", 0, 0), host("i-0whole", 0, 0)],
+        &[shape()],
+        1.0,
+    );
+    let from = unix_now();
+    let running: Vec<_> = [(0, Duration::from_secs(1)), (1, Duration::from_secs(3))]
+        .into_iter()
+        .map(|(i, interval)| {
+            let h = report.hosts[i].clone();
+            run_publisher(
+                &sdk,
+                ns,
+                Duration::from_secs(period),
+                interval,
+                Arc::new(move |n| figures(&h, n)),
+            )
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(5 * period)).await;
+    for r in running {
+        r.stop().await;
+    }
+    let to = unix_now() - 1;
+    for (instance, observations_per_period) in [("i-0third", 3.0), ("i-0whole", 1.0)] {
+        let points =
+            host_periods(&sdk, ns, "RunningTasks", instance, from, to, period as i32).await;
+        assert!(points.len() >= 4, "{instance}: {points:?}");
+        assert!(
+            points
+                .iter()
+                .all(|p| p.0 % period as i64 == 0 && p.2 == 1.0),
+            "{instance}: one datum per period, stamped with its start: {points:?}"
+        );
+        assert!(
+            points.windows(2).all(|w| w[1].0 - w[0].0 == period as i64),
+            "{instance}: no period skipped: {points:?}"
+        );
+        // Full periods after the first: the observation numbers advance by the observations a
+        // period holds (the last of each period is sent, not a later or an earlier one).
+        let steps: Vec<f64> = points[1..].windows(2).map(|w| w[1].1 - w[0].1).collect();
+        assert!(
+            steps
+                .iter()
+                .all(|s| (s - observations_per_period).abs() <= 1.0),
+            "{instance}: {points:?}"
+        );
+    }
+    let by_period = puts_by_period(&proxy);
+    assert!(by_period.values().all(|n| *n <= 2), "{by_period:?}");
+}
+
+/// A drain starts mid-period: `Draining=1` goes out at once, as the current period's datum, and the
+/// period's own send point does not add a second datum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_goes_out_at_once_as_the_current_periods_only_datum() {
+    let (_moto, proxy) = require!(peers().await, "moto");
+    let sdk = proxy.sdk_config().await;
+    let ns = "Test/DrainingEarly";
+    let period = 4i64;
+    let report = capacity::compute(&[host("i-0drain", 0, 0)], &[shape()], 1.0);
+    let h = report.hosts[0].clone();
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let make: Make = {
+        let draining = draining.clone();
+        Arc::new(move |n| {
+            let mut f = figures(&h, n);
+            f.draining = draining.load(std::sync::atomic::Ordering::SeqCst);
+            f
+        })
+    };
+    let r = run_publisher(
+        &sdk,
+        ns,
+        Duration::from_secs(period as u64),
+        Duration::from_secs(1),
+        make.clone(),
+    );
+    eventually(Duration::from_secs(30), || async {
+        (!proxy.period_puts().is_empty()).then_some(())
+    })
+    .await
+    .expect("a first period");
+    // A second into a period, so the period's own send point is well ahead.
+    while unix_now() % period != 1 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = proxy.period_puts().len();
+    let t0 = std::time::Instant::now();
+    let current = unix_now() / period * period;
+    draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut f = make(0);
+    f.at = SystemTime::now();
+    r.figures.send_replace(Some(Arc::new(f)));
+    r.publish_now.notify_one();
+    let put = eventually(Duration::from_secs(10), || async {
+        proxy.period_puts()[before..]
+            .iter()
+            .find(|p| p.values_of("Draining").contains(&1.0))
+            .cloned()
+    })
+    .await
+    .expect("Draining=1 sent");
+    let latency = t0.elapsed();
+    assert!(
+        latency < Duration::from_millis(1500),
+        "Draining=1 within seconds of the drain: {latency:?}"
+    );
+    assert_eq!(
+        put.timestamps.iter().collect::<BTreeSet<_>>(),
+        BTreeSet::from([&current]),
+        "stamped with the current period, not the next"
+    );
+    // Past the period's send point and the next one.
+    tokio::time::sleep(Duration::from_secs(2 * period as u64)).await;
+    r.stop().await;
+    let points = host_periods(
+        &sdk,
+        ns,
+        "Draining",
+        "i-0drain",
+        current,
+        current + 1,
+        period as i32,
+    )
+    .await;
+    assert_eq!(
+        points,
+        vec![(current, 1.0, 1.0)],
+        "one datum for the period"
+    );
+    let by_period = puts_by_period(&proxy);
+    assert!(
+        by_period.values().all(|n| *n == 1),
+        "no period sent twice: {by_period:?}"
+    );
+}
+
+/// The wall clock a test can step.
+struct SteppedClock {
+    back_secs: std::sync::atomic::AtomicU64,
+}
+
+impl SteppedClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+            - Duration::from_secs(self.back_secs.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+impl cloudwatch::WallClock for SteppedClock {
+    fn now(&self) -> SystemTime {
+        SteppedClock::now(self)
+    }
+}
+
+/// The wall clock steps back 7 s (over three periods): sends go on within two periods, and no
+/// period is sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_goes_on_after_a_backward_clock_step() {
+    let (_moto, proxy) = require!(peers().await, "moto");
+    let sdk = proxy.sdk_config().await;
+    let clock = Arc::new(SteppedClock {
+        back_secs: 0.into(),
+    });
+    let report = capacity::compute(&[host("i-0clock", 0, 0)], &[shape()], 1.0);
+    let h = report.hosts[0].clone();
+    let publisher = Publisher::new(
+        cloudwatch::client(&sdk),
+        cw_config("Test/ClockStep", Duration::from_secs(2)),
+        Arc::new(Health::default()),
+    )
+    .with_offset(Duration::ZERO)
+    .with_clock(clock.clone());
+    let observed = clock.clone();
+    let r = start_publisher(
+        publisher,
+        Duration::from_millis(500),
+        Arc::new(move |n| figures(&h, n)),
+        Arc::new(move || observed.now()),
+    );
+    eventually(Duration::from_secs(30), || async {
+        (proxy.period_puts().len() >= 3).then_some(())
+    })
+    .await
+    .expect("periods before the step");
+    clock
+        .back_secs
+        .store(7, std::sync::atomic::Ordering::SeqCst);
+    let before = proxy.period_puts().len();
+    let t0 = std::time::Instant::now();
+    eventually(Duration::from_secs(30), || async {
+        (proxy.period_puts().len() > before).then_some(())
+    })
+    .await
+    .expect("a period after the step");
+    let gap = t0.elapsed();
+    assert!(
+        gap < Duration::from_millis(4500),
+        "publishing went on: first send {gap:?} after the step"
+    );
+    eventually(Duration::from_secs(30), || async {
+        (proxy.period_puts().len() >= before + 4).then_some(())
+    })
+    .await
+    .expect("more periods after the step");
+    r.stop().await;
+    let by_period = puts_by_period(&proxy);
+    assert!(
+        by_period.values().all(|n| *n == 1),
+        "no period sent twice: {by_period:?}"
+    );
+    let first = *by_period.keys().next().unwrap();
+    let last = *by_period.keys().last().unwrap();
+    assert_eq!(
+        by_period.keys().copied().collect::<Vec<_>>(),
+        (first..=last).step_by(2).collect::<Vec<_>>(),
+        "every period once, none skipped"
+    );
 }

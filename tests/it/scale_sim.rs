@@ -118,9 +118,9 @@ fn alarm(t: &Template, name: &str) -> Alarm {
                         "{name}"
                     );
                     assert_eq!(
-                        stat.get("Period").and_then(Node::as_str),
-                        Some("60"),
-                        "{name}"
+                        t.resolve(stat.get("Period").expect("Period")),
+                        "60",
+                        "{name}: the Period parameter's default"
                     );
                     let metric = stat.path("Metric.MetricName").expect("MetricName");
                     inputs.push((id, t.resolve(metric)));

@@ -517,7 +517,7 @@ fn maintenance_canceled_before_its_drain_time_is_forgotten() {
 fn maintenance_canceled_while_draining_stands_down_to_active() {
     let n = instance_stop(60, MaintenanceState::Active);
     let (st, _) = run(&State::default(), Input::Notice(n), 0);
-    let (st, _) = run(&st, Input::Done(Done::SetDraining(Ok(()))), 0);
+    let st = set_draining_by(&st, Ok(false), 0);
     let c = instance_stop(60, MaintenanceState::Canceled);
     let (st, fx) = run(&st, Input::Notice(c), 10);
     assert_eq!(acts(&fx), vec![Effect::SetActive]);
@@ -812,4 +812,244 @@ fn every_reason_reboot_or_stop_type() {
         d.reasons = reasons.clone();
         assert_eq!(d.every_reason_is_reboot_or_stop(), expected, "{reasons:?}");
     }
+}
+
+/// ECS answers whether the instance was DRAINING before (`before`), then accepts DRAINING.
+fn set_draining_by(st: &State, before: Result<bool, Failure>, now: u64) -> State {
+    let (st, _) = run(st, Input::Done(Done::DrainingBefore(before)), now);
+    let (st, _) = run(&st, Input::Done(Done::SetDraining(Ok(()))), now);
+    st
+}
+
+fn booted(st: &State, boot_id: &str, now: u64) -> (State, Vec<Effect>) {
+    run(
+        st,
+        Input::Booted {
+            boot_id: boot_id.into(),
+        },
+        now,
+    )
+}
+
+fn listed(ids: &[&str]) -> Input {
+    Input::Notice(Notice::MaintenanceListed {
+        event_ids: ids.iter().map(|s| s.to_string()).collect(),
+    })
+}
+
+/// Boot `boot-a`, event ev-1 (an instance-stop at 60) draining; `before`: whether ECS had the
+/// instance DRAINING already.
+fn stop_draining_in_boot_a(before: Result<bool, Failure>) -> State {
+    let (st, _) = booted(&State::default(), "boot-a", 0);
+    let (st, _) = run(
+        &st,
+        Input::Notice(instance_stop(60, MaintenanceState::Active)),
+        0,
+    );
+    set_draining_by(&st, before, 1)
+}
+
+#[test]
+fn whether_this_agent_set_draining_is_recorded_once() {
+    let st = stop_draining_in_boot_a(Ok(false));
+    assert_eq!(draining(&st).set_by_agent, Some(true));
+    // A resumed drain sends DRAINING again and finds it DRAINING: still this agent's.
+    let (st, _) = run(&st, Input::Restarted, 5);
+    let st = set_draining_by(&st, Ok(true), 5);
+    assert_eq!(draining(&st).set_by_agent, Some(true));
+
+    let st = stop_draining_in_boot_a(Ok(true));
+    assert_eq!(draining(&st).set_by_agent, Some(false));
+    let st = stop_draining_in_boot_a(Err(transient("timeout")));
+    assert_eq!(draining(&st).set_by_agent, None);
+}
+
+#[test]
+fn maintenance_canceled_leaves_a_draining_this_agent_did_not_set_alone() {
+    for before in [Ok(true), Err(transient("timeout"))] {
+        let st = stop_draining_in_boot_a(before.clone());
+        let c = instance_stop(60, MaintenanceState::Canceled);
+        let (st, fx) = run(&st, Input::Notice(c), 10);
+        assert!(acts(&fx).is_empty(), "{before:?}: {fx:?}");
+        assert_eq!(st.phase, Phase::Active, "{before:?}: the drain is over");
+    }
+}
+
+#[test]
+fn maintenance_completed_in_history_stands_down_to_active() {
+    let st = stop_draining_in_boot_a(Ok(false));
+    let c = instance_stop(60, MaintenanceState::Completed);
+    let (st, fx) = run(&st, Input::Notice(c), 10);
+    assert_eq!(acts(&fx), vec![Effect::SetActive]);
+    assert_eq!(st.phase, Phase::Active);
+}
+
+#[test]
+fn maintenance_withdrawn_before_its_time_stands_down_and_counts_again_if_listed_again() {
+    let st = stop_draining_in_boot_a(Ok(false));
+    // Still listed: nothing changes.
+    let (same, fx) = run(&st, listed(&["ev-1"]), 10);
+    assert!(fx.is_empty(), "{fx:?}");
+    assert_eq!(same, st);
+    let (st, fx) = run(&st, listed(&[]), 10);
+    assert_eq!(acts(&fx), vec![Effect::SetActive]);
+    assert_eq!(st.phase, Phase::Active);
+    assert!(st.handled.is_empty(), "{:?}", st.handled);
+    // Listed again, unchanged: it drains again.
+    let (st, fx) = run(
+        &st,
+        Input::Notice(instance_stop(60, MaintenanceState::Active)),
+        20,
+    );
+    assert_eq!(acts(&fx), vec![Effect::SetDraining]);
+    assert!(matches!(st.phase, Phase::Draining(_)));
+}
+
+#[test]
+fn maintenance_gone_from_the_list_after_its_time_does_not_stand_down() {
+    let st = stop_draining_in_boot_a(Ok(false));
+    let (next, fx) = run(&st, listed(&[]), 60);
+    assert!(acts(&fx).is_empty(), "{fx:?}");
+    assert_eq!(next, st);
+}
+
+#[test]
+fn a_withdrawn_event_waiting_for_its_drain_time_is_forgotten() {
+    let n = instance_stop(3600, MaintenanceState::Active);
+    let (st, _) = run(&State::default(), Input::Notice(n.clone()), 0);
+    assert_eq!(st.scheduled.len(), 1);
+    let (st, fx) = run(&st, listed(&["ev-other"]), 10);
+    assert!(acts(&fx).is_empty());
+    assert!(st.scheduled.is_empty());
+    assert!(st.handled.is_empty());
+    let (st, fx) = run(&st, Input::Tick { tasks: None }, 3600);
+    assert!(acts(&fx).is_empty());
+    assert_eq!(st.phase, Phase::Active);
+    // Back in the list: scheduled again.
+    let (st, _) = run(&st, Input::Notice(n), 3601);
+    assert_eq!(st.scheduled.len(), 0, "its drain time has come");
+    assert!(matches!(st.phase, Phase::Draining(_)));
+}
+
+#[test]
+fn a_maintenance_listing_is_never_recorded_as_handled() {
+    let (st, _) = run(&State::default(), listed(&["ev-1", "ev-2"]), 0);
+    assert!(st.handled.is_empty());
+    assert_eq!(st, State::default());
+}
+
+#[test]
+fn withdrawn_maintenance_does_not_stand_down_a_drain_with_another_reason() {
+    let st = stop_draining_in_boot_a(Ok(false));
+    let (st, _) = run(&st, Input::Notice(spot(120)), 2);
+    let (st, fx) = run(&st, listed(&[]), 10);
+    assert!(acts(&fx).is_empty(), "{fx:?}");
+    assert_eq!(
+        draining(&st).reasons,
+        vec![Reason::Spot {
+            action: SpotAction::Terminate
+        }]
+    );
+}
+
+#[test]
+fn after_a_new_boot_a_reboot_or_stop_drain_this_agent_set_is_undone() {
+    let warmed = |s: &str, at: u64| Notice::AutoScalingWarmed {
+        target: LifecycleState::Warmed(s.into()),
+        seen_at: t(at),
+    };
+    let spot_action = |action| Notice::Spot {
+        action,
+        time: t(120),
+    };
+    let code = |c: MaintenanceCode| maintenance("ev-1", c, 60, MaintenanceState::Active);
+    for (notice, undone) in [
+        (code(MaintenanceCode::SystemReboot), true),
+        (code(MaintenanceCode::InstanceReboot), true),
+        (code(MaintenanceCode::InstanceStop), true),
+        (spot_action(SpotAction::Stop), true),
+        (spot_action(SpotAction::Hibernate), true),
+        (warmed("Stopped", 0), true),
+        (warmed("Hibernated", 0), true),
+        (code(MaintenanceCode::InstanceRetirement), false),
+        (spot_action(SpotAction::Terminate), false),
+        (warmed("Running", 0), false),
+        (Notice::AutoScalingTerminated { seen_at: t(0) }, false),
+    ] {
+        let (st, _) = booted(&State::default(), "boot-a", 0);
+        let (st, _) = run(&st, Input::Notice(notice.clone()), 0);
+        let st = set_draining_by(&st, Ok(false), 1);
+        let (st, _) = run(&st, Input::Tick { tasks: Some(0) }, 2);
+        let (again, fx) = booted(&st, "boot-b", 500);
+        if undone {
+            assert_eq!(acts(&fx), vec![Effect::SetActive], "{notice:?}");
+            assert_eq!(again.phase, Phase::Active, "{notice:?}");
+        } else {
+            assert!(acts(&fx).is_empty(), "{notice:?}: {fx:?}");
+            assert_eq!(again.phase, st.phase, "{notice:?}");
+        }
+        assert_eq!(again.boot_id.as_deref(), Some("boot-b"));
+    }
+}
+
+#[test]
+fn after_a_new_boot_a_draining_someone_else_set_stays() {
+    let st = stop_draining_in_boot_a(Ok(true));
+    let (st, fx) = booted(&st, "boot-b", 500);
+    assert!(acts(&fx).is_empty(), "{fx:?}");
+    assert_eq!(st.phase, Phase::Active, "this agent's drain is over");
+}
+
+#[test]
+fn the_same_boot_or_a_first_boot_id_undoes_nothing() {
+    let st = stop_draining_in_boot_a(Ok(false));
+    let (same, fx) = booted(&st, "boot-a", 500);
+    assert!(fx.is_empty());
+    assert_eq!(same, st);
+    // A state written before boot ids were recorded: nothing to compare with.
+    let mut old = st.clone();
+    old.boot_id = None;
+    let (next, fx) = booted(&old, "boot-b", 500);
+    assert!(fx.is_empty());
+    assert!(matches!(next.phase, Phase::Draining(_)));
+    assert_eq!(next.boot_id.as_deref(), Some("boot-b"));
+}
+
+#[test]
+fn a_drain_mixing_a_reboot_with_a_termination_is_not_undone() {
+    let st = stop_draining_in_boot_a(Ok(false));
+    let (st, _) = run(&st, Input::Notice(spot(120)), 2);
+    let (next, fx) = booted(&st, "boot-b", 500);
+    assert!(acts(&fx).is_empty(), "{fx:?}");
+    assert_eq!(next.phase, st.phase);
+}
+
+#[test]
+fn a_return_to_the_warm_pool_drains_and_finds_the_hook_like_a_termination() {
+    let n = Notice::AutoScalingWarmed {
+        target: LifecycleState::Warmed("Stopped".into()),
+        seen_at: t(0),
+    };
+    let (st, fx) = run(&State::default(), Input::Notice(n.clone()), 0);
+    assert_eq!(acts(&fx), vec![Effect::SetDraining, Effect::FindHook]);
+    let d = draining(&st);
+    assert_eq!(
+        d.reasons,
+        vec![Reason::AutoScaling {
+            target: LifecycleState::Warmed("Stopped".into())
+        }]
+    );
+    assert_eq!(d.lifecycle, Lifecycle::Finding { seen_at: t(0) });
+    // The same notice again is one drain.
+    let (again, fx) = run(&st, Input::Notice(n), 1);
+    assert!(fx.is_empty());
+    assert_eq!(again, st);
+    // Found and completed as for a termination.
+    let st = set_draining_by(&st, Ok(false), 1);
+    let (st, _) = run(&st, Input::Done(Done::FindHook(Ok(Some(hook())))), 1);
+    let (_, fx) = run(&st, Input::Tick { tasks: Some(0) }, 2);
+    assert_eq!(
+        acts(&fx),
+        vec![Effect::Complete(hook(), LifecycleResult::Continue)]
+    );
 }

@@ -27,11 +27,23 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone)]
 pub struct Put {
     pub metrics: Vec<String>,
+    /// Each datum's value, in the order of `metrics`.
+    pub values: Vec<f64>,
     pub timestamps: Vec<i64>,
     pub datums: usize,
 }
 
 impl Put {
+    /// The values sent for `metric` in this request (one per dimension set).
+    pub fn values_of(&self, metric: &str) -> Vec<f64> {
+        self.metrics
+            .iter()
+            .zip(&self.values)
+            .filter(|(m, _)| *m == metric)
+            .map(|(_, v)| *v)
+            .collect()
+    }
+
     /// The startup check's probe (only `AgentStarts`), not a period.
     pub fn is_probe(&self) -> bool {
         self.metrics.iter().all(|m| m == "AgentStarts")
@@ -241,6 +253,10 @@ async fn handle(
             metrics: data
                 .iter()
                 .map(|d| d["MetricName"].as_str().unwrap_or("").to_string())
+                .collect(),
+            values: data
+                .iter()
+                .map(|d| d["Value"].as_f64().unwrap_or(f64::NAN))
                 .collect(),
             timestamps: data
                 .iter()
