@@ -134,7 +134,10 @@ pub async fn observe_once(cfg: &Config) -> Result<HostStatus, Error> {
         )
         .await
         {
-            Ok(Ok(s)) => Some(s),
+            Ok(Ok(s)) => {
+                ecs::shapes::store(&cfg.agent.state_dir, &s);
+                Some(s)
+            }
             Ok(Err(e)) => {
                 snapshot
                     .unavailable

@@ -67,7 +67,7 @@ pub fn load(state_dir: &Path, cluster: &str) -> Option<ClusterShapes> {
     }
 }
 
-fn store(state_dir: &Path, shapes: &ClusterShapes) {
+pub fn store(state_dir: &Path, shapes: &ClusterShapes) {
     let path = cache_path(state_dir);
     let write = || -> std::io::Result<()> {
         std::fs::create_dir_all(state_dir)?;

@@ -387,6 +387,134 @@ mod tests {
         assert_eq!(host.name, "i-0123456789abcdef0");
     }
 
+    fn reading(instance: Option<Instance>) -> Arc<EcsReading> {
+        Arc::new(EcsReading {
+            seq: 1,
+            at: SystemTime::UNIX_EPOCH,
+            instance: Ok(instance),
+        })
+    }
+
+    fn ecs_instance(trunk: bool, cpu_reserved: u64) -> Instance {
+        Instance {
+            arn: "arn:aws:ecs:us-east-1:1:container-instance/c/1".into(),
+            ec2_instance_id: Some("i-0123456789abcdef0".into()),
+            status: "ACTIVE".into(),
+            instance_type: Some("c5.large".into()),
+            cpu_units: Quantity::new(2048, cpu_reserved),
+            memory_mib: Quantity::new(3800, 0),
+            agent_connected: Some(true),
+            trunk,
+            ..Instance::default()
+        }
+    }
+
+    fn big() -> CapacityConfig {
+        CapacityConfig {
+            task_shapes: vec![TaskShapeConfig {
+                name: "big".into(),
+                cpu_units: 512,
+                memory_mib: 512,
+                ports: vec![],
+                ports_udp: vec![],
+                awsvpc: true,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn trunking_comes_from_the_ecs_attribute_at_each_reconciliation() {
+        let mut s = snapshot(vec![], None);
+        s.eni.limit = Some(3);
+        let ctx = |trunk| EcsContext {
+            aws: true,
+            reading: Some(reading(Some(ecs_instance(trunk, 0)))),
+            ..EcsContext::default()
+        };
+        assess(&mut s, &big(), None, &ctx(true));
+        assert_eq!((s.eni.trunk, s.eni.slots), (Some(true), Some(10)));
+        assess(&mut s, &big(), None, &ctx(false));
+        assert_eq!((s.eni.trunk, s.eni.slots), (Some(false), Some(2)));
+    }
+
+    #[test]
+    fn no_figure_before_docker_and_ecs_have_answered_and_an_idle_host_offers_all() {
+        let ctx = EcsContext {
+            aws: true,
+            ..EcsContext::default()
+        };
+        let mut s = snapshot(vec![], None);
+        s.tasks_known = false;
+        let a = assess(&mut s, &big(), None, &ctx);
+        assert!(a.capacity_unknown.is_some(), "{a:?}");
+        // Docker listed, ECS not asked yet: still unknown with AWS on.
+        let mut s = snapshot(vec![], None);
+        let a = assess(&mut s, &big(), None, &ctx);
+        assert!(a.capacity_unknown.is_some(), "{a:?}");
+        // Both known, idle: the full host.
+        let ctx = EcsContext {
+            reading: Some(reading(Some(ecs_instance(false, 0)))),
+            ..ctx
+        };
+        let a = assess(&mut s, &big(), None, &ctx);
+        assert_eq!(a.capacity_unknown, None);
+        assert_eq!(a.placement.placeable, Some(true));
+        assert_eq!(a.capacity.spare_tasks, Some(4));
+        assert_eq!(a.capacity.idle_fraction, Some(1.0));
+    }
+
+    #[test]
+    fn ecs_figures_win_after_three_disagreements_and_when_docker_is_unknown() {
+        let mut s = snapshot(vec![], None);
+        let mut ctx = EcsContext {
+            aws: true,
+            ..EcsContext::default()
+        };
+        for seq in 1..=3 {
+            ctx.reading = Some(Arc::new(EcsReading {
+                seq,
+                at: SystemTime::UNIX_EPOCH,
+                instance: Ok(Some(ecs_instance(false, 1536))),
+            }));
+            let a = assess(&mut s, &big(), None, &ctx);
+            ctx.agreement = a.agreement;
+            let from_ecs = a.ecs.as_ref().unwrap().figures_from_ecs;
+            assert_eq!(from_ecs, seq == 3, "reconciliation {seq}: {a:?}");
+            assert_eq!(a.capacity.spare_tasks, Some(if seq == 3 { 1 } else { 4 }));
+            assert_eq!(a.ecs.unwrap().cpu_reserved_difference, Some(-1536));
+        }
+        // Docker not listed (a restart with tasks running): ECS's figures, never an empty host.
+        let mut fresh = snapshot(vec![], None);
+        fresh.tasks_known = false;
+        let ctx = EcsContext {
+            aws: true,
+            reading: Some(reading(Some(ecs_instance(false, 1536)))),
+            ..EcsContext::default()
+        };
+        let a = assess(&mut fresh, &big(), None, &ctx);
+        assert_eq!(a.capacity_unknown, None);
+        assert_eq!(a.capacity.spare_tasks, Some(1));
+    }
+
+    #[test]
+    fn a_discovered_shape_needs_each_containers_hard_limit() {
+        let mut t = task("web", 256, 32, &[]);
+        t.containers = vec![crate::host::TaskContainer {
+            id: "c".into(),
+            name: "app".into(),
+            docker_name: "ecs-web-1-app".into(),
+            cpu_shares: 256,
+            memory_limit_mib: Some(128),
+            memory_reservation_mib: Some(32),
+            tcp_ports: BTreeSet::new(),
+            udp_ports: BTreeSet::new(),
+            network_mode: "bridge".into(),
+            usage: None,
+        }];
+        assert_eq!(shape_of(&t).memory_mib, 128);
+    }
+
     #[test]
     fn without_an_instance_id_the_host_goes_by_its_hostname() {
         let mut s = snapshot(vec![], None);

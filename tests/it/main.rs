@@ -8,6 +8,7 @@ mod cluster;
 mod daemon;
 mod drain;
 mod drain_state;
+mod ecs_accounting;
 mod foundation;
 mod host;
 mod imds;
