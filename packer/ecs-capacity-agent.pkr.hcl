@@ -102,13 +102,13 @@ build {
     destination = "${local.staging}/install.sh"
   }
 
-  # Installs as root from the uploaded tree (binary 0755, config 0644, unit, state directory 0750),
+  # Installs as root from the uploaded tree (binary 0755, config 0644, unit, state directory 0700),
   # then `systemctl enable` (ENABLE=1). The unit starts on the first boot of an instance, after
   # docker.service and ecs.service.
   provisioner "shell" {
     inline = [
       "sudo env BIN=${local.staging}/root/usr/bin/ecs-capacity-agent CONFIG=${local.staging}/root/etc/ecs-capacity-agent/config.toml UNIT=${local.staging}/root/usr/lib/systemd/system/ecs-capacity-agent.service ENABLE=1 bash ${local.staging}/install.sh",
-      "sudo install -d -m 0750 -o root -g root /var/lib/ecs-capacity-agent",
+      "sudo install -d -m 0700 -o root -g root /var/lib/ecs-capacity-agent",
       "/usr/bin/ecs-capacity-agent version",
       "sudo /usr/bin/ecs-capacity-agent check-config /etc/ecs-capacity-agent/config.toml > /dev/null",
       "systemctl is-enabled ecs-capacity-agent.service",

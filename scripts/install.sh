@@ -6,7 +6,7 @@
 #                                                               one is kept, the new default is put
 #                                                               beside it as config.toml.default
 #   /usr/lib/systemd/system/ecs-capacity-agent.service    0644  the unit (UNIT)
-#   /var/lib/ecs-capacity-agent                           0750  state directory
+#   /var/lib/ecs-capacity-agent                           0700  state directory
 # Logs go to journald (the unit's stdout). With ENABLE=1 and no DESTDIR it also reloads systemd and
 # enables the unit (what the AMI build does); it never starts it.
 set -euo pipefail
@@ -42,7 +42,7 @@ else
   install -m 0644 "${own[@]}" "$CONFIG" "$conf"
 fi
 
-install -d -m 0750 "${own[@]}" "$DESTDIR/var/lib/ecs-capacity-agent"
+install -d -m 0700 "${own[@]}" "$DESTDIR/var/lib/ecs-capacity-agent"
 
 if [ "$ENABLE" = 1 ]; then
   [ -z "$DESTDIR" ] || die "ENABLE=1 only makes sense without DESTDIR"

@@ -273,7 +273,6 @@ struct Context {
 
 /// Health fault kinds the daemon sets while a part it needs is not there yet.
 const FAULT_INSTANCE_ID: &str = "instance_id";
-const FAULT_DRAIN_STATE: &str = "drain_state";
 const FAULT_CLOUDWATCH: &str = "cloudwatch";
 
 /// Runs until `shutdown` resolves, then lets in-flight work finish and returns.
@@ -540,15 +539,9 @@ fn start_drain(
             return;
         };
         let cfg = &ctx.cfg;
-        let Some(store) = until_known(&ctx, FAULT_DRAIN_STATE, "drain state", || async {
-            Store::open(&cfg.agent.state_dir).map_err(|e| {
-                format!("{e} (agent.state_dir must be writable; a drain must survive a restart)")
-            })
-        })
-        .await
-        else {
-            return;
-        };
+        // Not opened here: the runner tests the directory when it starts, and a state directory
+        // that does not work is reported while the drain goes on from memory.
+        let store = Store::new(&cfg.agent.state_dir);
         let sdk = crate::aws::sdk_config().await;
         let effects = Arc::new(
             AwsEffects::new(&sdk, Target::from_config(cfg, instance_id.into()))

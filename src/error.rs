@@ -10,6 +10,8 @@ pub const EX_UNAVAILABLE: u8 = 69;
 pub const EX_DATAERR: u8 = 65;
 /// sysexits.h EX_NOINPUT: an input file is missing or unreadable.
 pub const EX_NOINPUT: u8 = 66;
+/// sysexits.h EX_TEMPFAIL: not done yet, try again (`drain --wait --timeout` ran out of time).
+pub const EX_TEMPFAIL: u8 = 75;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -28,6 +30,9 @@ pub enum Error {
     Input(String),
     #[error("{0}")]
     NoInput(String),
+    /// What was asked is under way but did not finish in the time given.
+    #[error("{0}")]
+    TimedOut(String),
 }
 
 impl Error {
@@ -37,6 +42,7 @@ impl Error {
             Error::Input(_) => EX_DATAERR,
             Error::NoInput(_) => EX_NOINPUT,
             Error::Unavailable(_) | Error::Listen { .. } => EX_UNAVAILABLE,
+            Error::TimedOut(_) => EX_TEMPFAIL,
             Error::Runtime(_) => 1,
         }
     }

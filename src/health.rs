@@ -11,6 +11,7 @@ pub struct Health {
     last_publish_unix: AtomicU64,
     observations: AtomicU64,
     imds_poll_micros: AtomicU64,
+    state_write_errors: AtomicU64,
     errors: Mutex<BTreeMap<&'static str, u64>>,
     /// Conditions that make the daemon unhealthy until cleared, by kind, with the reason.
     faults: Mutex<BTreeMap<&'static str, String>>,
@@ -43,6 +44,15 @@ impl Health {
     pub fn error(&self, kind: &'static str) {
         let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
         *errors.entry(kind).or_default() += 1;
+    }
+
+    /// Counts a failed write of the drain state (each attempt).
+    pub fn state_write_error(&self) {
+        self.state_write_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn state_write_errors(&self) -> u64 {
+        self.state_write_errors.load(Ordering::Relaxed)
     }
 
     /// Marks the daemon unhealthy for `kind` (a short static name such as "drain_state") until
@@ -120,14 +130,17 @@ mod tests {
         h.observed();
         let interval = Duration::from_secs(10);
         assert!(h.is_healthy(interval));
-        h.fault("instance_id", "IMDS has not answered it yet");
+        h.fault(
+            "drain_state",
+            "cannot write /x/drain.json: No space left on device",
+        );
         assert!(!h.is_healthy(interval));
         assert_eq!(
             h.unhealthy_reasons(interval),
-            ["instance_id: IMDS has not answered it yet"]
+            ["drain_state: cannot write /x/drain.json: No space left on device"]
         );
-        assert!(h.clear_fault("instance_id"));
-        assert!(!h.clear_fault("instance_id"));
+        assert!(h.clear_fault("drain_state"));
+        assert!(!h.clear_fault("drain_state"));
         assert!(h.is_healthy(interval));
         assert_eq!(
             Health::default().unhealthy_reasons(interval),

@@ -111,7 +111,7 @@ pub async fn drain(
     match &status {
         DrainStatus::Draining {
             tasks_remaining, ..
-        } => Err(Error::Unavailable(format!(
+        } => Err(Error::TimedOut(format!(
             "timed out after {}s with {} task(s) remaining; the instance stays DRAINING",
             start.elapsed().as_secs(),
             tasks_remaining

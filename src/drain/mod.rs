@@ -28,7 +28,7 @@ pub use machine::{
     Command, Done, Effect, Failure, Hook, Input, Level, Lifecycle, LifecycleResult, Phase,
     Settings, State,
 };
-pub use state::{StateError, Store};
+pub use state::{Degraded, StateError, Store};
 
 use crate::health::Health;
 use crate::notice::Notice;
@@ -239,10 +239,10 @@ impl DrainStatus {
     }
 }
 
-/// The drain status recorded under `state_dir`, for `status` (no lock: writes are atomic renames).
+/// The drain status recorded under `state_dir`, for `status` (no lock: writes are atomic renames;
+/// nothing is created or changed).
 pub fn status_from_disk(state_dir: &Path) -> Result<DrainStatus, StateError> {
-    let store = Store::existing(state_dir);
-    Ok(DrainStatus::from_state(&store.load()?))
+    Ok(DrainStatus::from_state(&Store::new(state_dir).load()?))
 }
 
 /// How many commands may wait for a running runner; senders wait beyond that.
@@ -294,14 +294,8 @@ impl Runner {
         effects: impl Effects,
         health: Arc<Health>,
     ) -> (Runner, Handles) {
-        let initial =
-            store
-                .load()
-                .map(|s| DrainStatus::from_state(&s))
-                .unwrap_or(DrainStatus::Idle {
-                    scheduled: Vec::new(),
-                });
-        let (status, status_rx) = watch::channel(initial);
+        let store = store.with_health(health.clone());
+        let (status, status_rx) = watch::channel(DrainStatus::from_state(&store.current()));
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
         let runner = Runner {
             settings,
@@ -321,7 +315,6 @@ impl Runner {
         )
     }
 
-    /// Runs until `token` is cancelled. Resumes whatever drain the state directory holds.
     /// The boot this process runs in (`read_boot_id`): a drain that only a reboot or a stop was for
     /// is undone when `run` finds the state written in another boot.
     pub fn with_boot_id(mut self, boot_id: Option<String>) -> Runner {
@@ -329,7 +322,12 @@ impl Runner {
         self
     }
 
+    /// Runs until `token` is cancelled. Resumes whatever drain the state directory holds. A state
+    /// directory that does not work (reported by the store) does not keep it from draining.
     pub async fn run(mut self, notices: mpsc::Receiver<Notice>, token: CancellationToken) {
+        if let Err(e) = self.store.prepare() {
+            tracing::error!(error = %e, "the drain state directory does not work: draining from memory until it does");
+        }
         if let Some(boot_id) = self.boot_id.clone() {
             self.apply(Input::Booted { boot_id }).await;
         }
@@ -371,8 +369,8 @@ impl Runner {
     /// Counts the remaining tasks when a drain is under way and runs one periodic step.
     pub async fn tick(&self) {
         let counting = matches!(
-            self.store.load().map(|s| s.phase),
-            Ok(Phase::Draining(ref d)) if d.ecs_draining
+            self.store.current().phase,
+            Phase::Draining(ref d) if d.ecs_draining
         );
         let tasks = if counting {
             match self.effects.remaining_tasks().await {
@@ -389,9 +387,9 @@ impl Runner {
         self.apply(Input::Tick { tasks }).await;
     }
 
-    /// Steps the machine with `input` and everything its effects lead to. Errors writing the state
-    /// are logged: the effects of a step whose state could not be recorded are not performed.
-    /// Returns the outcomes of the effects performed.
+    /// Steps the machine with `input` and everything its effects lead to. A step whose state could
+    /// not be written is acted on all the same, from memory (the store reports it and writes it
+    /// later). Returns the outcomes of the effects performed.
     pub async fn apply(&self, input: Input) -> Vec<Done> {
         let mut performed = Vec::new();
         let mut queue = VecDeque::from([input]);
@@ -403,12 +401,7 @@ impl Runner {
                 (DrainStatus::from_state(state), effects)
             });
             let (status, effects) = match stepped {
-                Ok(v) => v,
-                Err(e) => {
-                    self.health.error("drain_state");
-                    tracing::error!(error = %e, "cannot record the drain state; not acting on it");
-                    continue;
-                }
+                Ok(v) | Err(Degraded { value: v, .. }) => v,
             };
             self.status.send_replace(status);
             for effect in effects {
@@ -488,7 +481,7 @@ impl Runner {
         }
     }
 
-    /// The current status as recorded on disk.
+    /// The current status as recorded on disk (or held in memory while it cannot be written).
     pub fn status(&self) -> Result<DrainStatus, StateError> {
         Ok(DrainStatus::from_state(&self.store.load()?))
     }

@@ -162,6 +162,15 @@ pub fn render(report: Option<&HostStatus>, health: &Health) -> String {
             health.imds_poll_seconds(),
         ),
     );
+    write_family(
+        &mut out,
+        &Family {
+            name: "ecs_capacity_agent_state_write_errors_total",
+            help: "Failed writes of the drain state since start (the drain goes on from memory).",
+            kind: "counter",
+            samples: vec![(String::new(), health.state_write_errors() as f64)],
+        },
+    );
     let errors = health.errors();
     write_family(
         &mut out,
@@ -344,6 +353,25 @@ mod figures_tests {
             "ecs_capacity_agent_errors_total",
         ] {
             assert!(names.contains(&name), "{name} in {names:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+
+    #[test]
+    fn state_write_errors_are_a_typed_counter() {
+        let health = Health::default();
+        health.state_write_error();
+        health.state_write_error();
+        let out = render(None, &health);
+        for line in [
+            "# TYPE ecs_capacity_agent_state_write_errors_total counter",
+            "ecs_capacity_agent_state_write_errors_total 2",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} missing in\n{out}");
         }
     }
 }

@@ -839,7 +839,8 @@ async fn cli_drain_waits_for_tasks_and_activate_returns_to_active() {
     );
     assert_eq!(w.status_in_ecs().await, "DRAINING");
 
-    // A task remains: --wait gives up at the timeout, saying how many remain, exit 69.
+    // A task remains: --wait gives up at the timeout, saying how many remain, exit 75
+    // (EX_TEMPFAIL: not a missing service, and running it again keeps waiting).
     let out = cli(
         &w,
         dir.path(),
@@ -854,7 +855,7 @@ async fn cli_drain_waits_for_tasks_and_activate_returns_to_active() {
     )
     .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
     assert!(stderr.contains("tasks remaining: 1"), "{stderr}");
     assert!(stderr.contains("1 task(s) remaining"), "{stderr}");
 

@@ -79,7 +79,7 @@ fn install_lays_out_binary_config_unit_and_state_dir() {
             0o644,
             false,
         ),
-        ("var/lib/ecs-capacity-agent", 0o750, true),
+        ("var/lib/ecs-capacity-agent", 0o700, true),
     ];
     for (path, want, is_dir) in expect {
         let p = root.join(path);
@@ -98,6 +98,14 @@ fn install_lays_out_binary_config_unit_and_state_dir() {
         unit.contains(
             "ExecStart=/usr/bin/ecs-capacity-agent run --config /etc/ecs-capacity-agent/config.toml"
         ),
+        "{unit}"
+    );
+    // The state directory is systemd's StateDirectory, private, and the one writable path.
+    assert!(
+        unit.lines()
+            .any(|l| l == "StateDirectory=ecs-capacity-agent")
+            && unit.lines().any(|l| l == "StateDirectoryMode=0700")
+            && !unit.lines().any(|l| l.starts_with("ReadWritePaths=")),
         "{unit}"
     );
 

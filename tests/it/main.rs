@@ -7,6 +7,7 @@ mod cgroup_real;
 mod cluster;
 mod daemon;
 mod drain;
+mod drain_state;
 mod ecs_accounting;
 mod foundation;
 mod host;
