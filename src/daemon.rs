@@ -671,7 +671,6 @@ struct EcsParts {
     imds: Option<Arc<imds::Client>>,
 }
 
-#[allow(clippy::too_many_arguments)]
 /// Observes every `agent.interval` and at once on a material change (a task started or stopped,
 /// the drain status changed, ECS said something new of this host), and publishes each observation
 /// as the one value everyone reads.
