@@ -299,12 +299,6 @@ impl Client {
         }
     }
 
-    /// One session-token request and nothing else: whether an IMDSv2 endpoint answers here at all.
-    /// `agent.aws = "auto"` asks this once at start.
-    pub async fn probe(&self) -> Result<(), Error> {
-        self.fetch_token().await.map(drop)
-    }
-
     async fn fetch_token(&self) -> Result<String, Error> {
         let url = format!("{}{TOKEN_PATH}", self.base);
         let resp = self

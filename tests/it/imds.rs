@@ -500,24 +500,3 @@ async fn unreachable_imds_is_logged_once_and_polling_recovers() {
     assert_eq!(logs.lines_with("IMDS is reachable again").len(), 1);
     p.stop().await;
 }
-
-#[tokio::test]
-async fn probe_is_one_token_request_and_fails_when_imds_refuses_or_is_not_there() {
-    let fake = FakeImds::start().await;
-    let c = client(&fake, &ImdsConfig::default());
-    c.probe().await.expect("a serving IMDS answers the probe");
-    assert_eq!(fake.token_requests(), 1);
-
-    fake.refuse_tokens(Some(403));
-    let e = c.probe().await.unwrap_err();
-    assert!(matches!(e, Error::TokenRefused { status: 403, .. }), "{e}");
-
-    let cfg = ImdsConfig {
-        timeout: Duration::from_millis(300),
-        ..ImdsConfig::default()
-    };
-    let gone = Client::with_endpoint(&cfg, &format!("http://{}", FakeImds::closed_addr()))
-        .expect("IMDS client");
-    let e = gone.probe().await.unwrap_err();
-    assert!(matches!(e, Error::Unreachable { .. }), "{e}");
-}
