@@ -20,6 +20,7 @@ use crate::imds;
 use crate::metrics;
 use crate::metrics::figures::{HostFacts, HostFigures};
 use crate::observation::Observation;
+use crate::protection;
 use crate::status::HostStatus;
 
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when it is first polled; the daemon
@@ -341,6 +342,9 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
     let (shapes_tx, shapes_rx) = watch::channel::<Option<Arc<ClusterShapes>>>(None);
     let (reading_tx, reading_rx) = watch::channel::<Option<Arc<EcsReading>>>(None);
     let (arn_tx, arn_rx) = watch::channel::<Option<String>>(None);
+    // The protection loop reads what the observe loop sees of this host and answers with its status.
+    let (local_tx, local_rx) = watch::channel::<Option<protection::aws::Local>>(None);
+    let (protection_tx, protection_rx) = watch::channel::<Option<protection::aws::Status>>(None);
     let mut ecs_parts = EcsParts {
         aws: reach.aws,
         definitions: Arc::new(Definitions::new(
@@ -352,6 +356,8 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
         reading: reading_rx,
         arn: arn_tx,
         imds: imds_client.clone(),
+        local: local_tx,
+        protection: protection_rx,
     };
     if reach.aws {
         let sdk = crate::aws::sdk_config().await;
@@ -382,6 +388,8 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
                 observed: observed.clone(),
                 arn: arn_rx,
                 reading: reading_tx,
+                local: local_rx,
+                protection: protection_tx,
             },
         ));
     }
@@ -576,16 +584,21 @@ struct Optional {
     /// The container instance ARN the observe loop learns, and this instance's ECS readings.
     arn: watch::Receiver<Option<String>>,
     reading: watch::Sender<Option<Arc<EcsReading>>>,
+    /// The protection loop's input (from the observe loop) and its status (to the figures).
+    local: watch::Receiver<Option<protection::aws::Local>>,
+    protection: watch::Sender<Option<protection::aws::Status>>,
 }
 
-/// What only the capacity figures and the CloudWatch sink need, after the drain has started: the
-/// instance's facts (ENI limits, EC2, this container instance in ECS) and the CloudWatch check.
-/// Each is retried until it answers; none of them failing stops the daemon.
+/// What only the capacity figures, scale-in protection and the CloudWatch sink need, after the
+/// drain has started: the instance's facts (ENI limits, EC2, this container instance in ECS), the
+/// instance's Auto Scaling group and the CloudWatch check. Each is retried until it answers; none
+/// of them failing stops the daemon.
 async fn start_optional(ctx: Context, o: Optional) {
     if let Some(client) = o.imds.clone() {
         let ctx = ctx.clone();
         let (sdk, ecs, observer) = (o.sdk.clone(), o.ecs.clone(), o.observer.clone());
         let (arn, reading) = (o.arn, o.reading);
+        let (local, protection) = (o.local, o.protection);
         ctx.tracker.clone().spawn(async move {
             let Some(instance_id) = until_known(&ctx, "instance_facts", "IMDS instance id", || {
                 client.instance_id()
@@ -594,6 +607,15 @@ async fn start_optional(ctx: Context, o: Optional) {
             else {
                 return;
             };
+            protection::aws::start(
+                &ctx.cfg,
+                &sdk,
+                instance_id.to_string(),
+                local,
+                protection,
+                &ctx.token,
+                &ctx.tracker,
+            );
             ctx.tracker.spawn(ecs::instance::follow(
                 ecs,
                 ctx.cfg.agent.cluster.clone(),
@@ -669,6 +691,10 @@ struct EcsParts {
     /// The container instance ARN, once the ECS agent has told it.
     arn: watch::Sender<Option<String>>,
     imds: Option<Arc<imds::Client>>,
+    /// What the protection loop decides on (sent after each observation with a task listing), and
+    /// its answer (whether this host counts in `RemovableHosts`).
+    local: watch::Sender<Option<protection::aws::Local>>,
+    protection: watch::Receiver<Option<protection::aws::Status>>,
 }
 
 /// Observes every `agent.interval` and at once on a material change (a task started or stopped,
@@ -768,7 +794,21 @@ async fn observe_loop(
                 report.drain = drain
                     .as_mut()
                     .map(|status| status.borrow_and_update().clone());
-                report.figures = Some(figures_of(&cfg, &report));
+                let scale_in = *ecs_parts.protection.borrow();
+                report.figures = Some(figures_of(&cfg, &report, scale_in));
+                if report.snapshot.tasks_known {
+                    let local = protection::aws::Local::observed(
+                        &report.snapshot.tasks,
+                        &cfg.drain.ignore_families,
+                        &report.shapes,
+                        report.drain.as_ref().is_some_and(DrainStatus::is_draining),
+                    );
+                    ecs_parts.local.send_if_modified(|old| {
+                        let changed = old.as_ref() != Some(&local);
+                        *old = Some(local);
+                        changed
+                    });
+                }
                 health.observed();
                 if !ready {
                     crate::systemd::notify_ready();
@@ -802,7 +842,12 @@ async fn drain_changed(drain: Option<&mut watch::Receiver<DrainStatus>>) -> Opti
 }
 
 /// This host's published figures: its capacity report plus identity, usage, ENIs, tasks, drain.
-fn figures_of(cfg: &Config, report: &HostStatus) -> HostFigures {
+/// `scale_in` is the protection loop's last status (`None`: no Auto Scaling group known).
+fn figures_of(
+    cfg: &Config,
+    report: &HostStatus,
+    scale_in: Option<protection::aws::Status>,
+) -> HostFigures {
     let s = &report.snapshot;
     let non_empty = |v: &str| (!v.trim().is_empty()).then(|| v.trim().to_string());
     let facts = HostFacts {
@@ -827,7 +872,8 @@ fn figures_of(cfg: &Config, report: &HostStatus) -> HostFigures {
             .ecs
             .as_ref()
             .and_then(|e| e.memory_reserved_difference),
-        removable: None,
+        removable: scale_in.map(|s| s.removable),
+        scale_in_protected: scale_in.and_then(|s| s.protected),
     };
     HostFigures::from_host(facts, &report.capacity)
 }

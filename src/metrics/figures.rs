@@ -47,6 +47,9 @@ pub struct HostFigures {
     /// (always, 0 while draining, when protection is managed by nobody); `None` when this host is
     /// in no Auto Scaling group (nothing published).
     pub removable: Option<bool>,
+    /// This instance's scale-in protection as Auto Scaling last confirmed it (Prometheus only);
+    /// `None` when no group is known or before the first answer.
+    pub scale_in_protected: Option<bool>,
 }
 
 /// What `from_host` needs besides the capacity figures: identity, usage, ENIs, tasks and drain state,
@@ -71,6 +74,7 @@ pub struct HostFacts {
     pub cpu_reserved_difference: Option<i64>,
     pub memory_reserved_difference: Option<i64>,
     pub removable: Option<bool>,
+    pub scale_in_protected: Option<bool>,
 }
 
 /// A metric as published: CloudWatch name and unit, Prometheus name, what it means.
@@ -293,6 +297,7 @@ impl HostFigures {
             cpu_reserved_difference: facts.cpu_reserved_difference,
             memory_reserved_difference: facts.memory_reserved_difference,
             removable: facts.removable.map(|r| r && !facts.draining),
+            scale_in_protected: facts.scale_in_protected,
         }
     }
 }

@@ -216,7 +216,20 @@ pub fn render_figures(out: &mut String, f: &super::HostFigures) {
             );
         }
     }
+    if let Some(p) = f.scale_in_protected {
+        write_family(
+            out,
+            &gauge(
+                SCALE_IN_PROTECTED,
+                "1 while Auto Scaling confirms this instance protected from scale-in, else 0 (absent: no group known).",
+                if p { 1.0 } else { 0.0 },
+            ),
+        );
+    }
 }
+
+/// The Prometheus-only gauge of this instance's scale-in protection.
+pub const SCALE_IN_PROTECTED: &str = "ecs_capacity_scale_in_protected";
 
 /// The Prometheus family of a metric's per-resource figures.
 pub fn by_resource_name(prometheus: &str) -> String {
@@ -254,6 +267,7 @@ mod figures_tests {
             cpu_reserved_difference: None,
             memory_reserved_difference: None,
             removable: Some(false),
+            scale_in_protected: Some(true),
         };
         let mut out = String::new();
         render_figures(&mut out, &f);
@@ -267,6 +281,8 @@ mod figures_tests {
             "ecs_capacity_running_tasks 2",
             "ecs_capacity_draining 1",
             "ecs_capacity_removable 0",
+            "# TYPE ecs_capacity_scale_in_protected gauge",
+            "ecs_capacity_scale_in_protected 1",
         ] {
             assert!(out.lines().any(|l| l == line), "{line} missing in\n{out}");
         }
@@ -323,6 +339,7 @@ mod figures_tests {
             cpu_reserved_difference: None,
             memory_reserved_difference: None,
             removable: Some(true),
+            scale_in_protected: Some(false),
         };
         let mut out = String::new();
         render_figures(&mut out, &f);

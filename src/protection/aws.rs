@@ -301,18 +301,18 @@ pub async fn run(
 
 /// Starts what `scale_in.protection` asks for, in the background: finds this instance's group
 /// (again with backoff while Auto Scaling does not answer), then runs [`run`] (`auto`, `on`), or
-/// only reports the host as removable (`off`). The status stays `None` while the group is unknown
+/// only reports the host as removable (`off`). `status` stays `None` while the group is unknown
 /// and when the instance is in none.
 pub fn start(
     cfg: &crate::config::Config,
     sdk: &SdkConfig,
     instance_id: String,
     local: watch::Receiver<Option<Local>>,
+    status: watch::Sender<Option<Status>>,
     token: &CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
-) -> watch::Receiver<Option<Status>> {
+) {
     use crate::config::Toggle;
-    let (status, rx) = watch::channel(None);
     let mode = cfg.scale_in.protection;
     let settings = Settings::from_config(&cfg.scale_in);
     let cadence = Cadence {
@@ -359,7 +359,6 @@ pub fn start(
         }
         run(Arc::new(protector), member, settings, cadence, local, status, token).await;
     });
-    rx
 }
 
 /// Time since boot (`/proc/uptime`): on EC2, about the time since launch.

@@ -62,6 +62,7 @@ fn figures(host: &capacity::HostCapacity, running_tasks: u32) -> HostFigures {
             cpu_reserved_difference: None,
             memory_reserved_difference: None,
             removable: None,
+            scale_in_protected: None,
         },
         host,
     )

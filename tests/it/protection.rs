@@ -309,3 +309,151 @@ async fn the_least_loaded_busy_host_volunteers_and_protects_itself_again_when_no
         l.stop().await;
     }
 }
+
+/// The wired daemon: the real binary, in the group, with a fake IMDS and its own Docker engine.
+/// Busy, it protects its instance; idle for `scale_in.idle_grace` (1 minute, the least allowed),
+/// it lifts the protection and publishes `RemovableHosts` = 1 — 0 before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_protects_its_busy_instance_and_lifts_it_once_idle_for_the_grace() {
+    use crate::support::cloudwatch::CloudWatchProxy;
+    use crate::support::fake_docker::{FakeContainer, FakeDocker};
+    use crate::support::imds::FakeImds;
+
+    let w = require!(world([0, 0, 0]).await, "moto");
+    let me = w.instances[0].clone();
+    // Start from the wrong state: a busy host unprotected.
+    w.set_protected(&me, false).await;
+    let docker = FakeDocker::start().await;
+    docker.run(FakeContainer {
+        id: "c0ffee".into(),
+        cluster: CLUSTER.into(),
+        task_arn: format!("arn:aws:ecs:us-east-1:123456789012:task/{CLUSTER}/0123456789abcdef"),
+        family: "web".into(),
+        revision: 1,
+        cpu_shares: 256,
+        memory_bytes: 512 << 20,
+    });
+    let imds = FakeImds::start().await;
+    imds.set("instance-id", &me);
+    imds.set("instance-type", "c5.large");
+    imds.set("network/interfaces/macs/", "0e:00:00:00:00:01/");
+    imds.set("autoscaling/target-lifecycle-state", "InService");
+    let cloudwatch = CloudWatchProxy::start(w._moto.url()).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[agent]
+aws = "on"
+cluster = "{CLUSTER}"
+interval = "2s"
+state_dir = "{}"
+ecs_config_path = "/nonexistent/ecs.config"
+
+[host]
+docker_socket = "{}"
+ecs_agent_url = "http://127.0.0.1:9"
+
+[sinks]
+enabled = ["cloudwatch"]
+
+[cloudwatch]
+period = "10s"
+namespace = "ProtectionTest"
+
+[scale_in]
+idle_grace = "1m"
+launch_warmup = "0s"
+volunteer = false
+"#,
+            dir.path().join("state").display(),
+            docker.socket().display(),
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("daemon.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _daemon = Kill(
+        std::process::Command::new(env!("CARGO_BIN_EXE_ecs-capacity-agent"))
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .envs(w._moto.env())
+            .env("AWS_ENDPOINT_URL_CLOUDWATCH", cloudwatch.url())
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let logs = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let removable = || -> Vec<f64> {
+        cloudwatch
+            .period_puts()
+            .iter()
+            .flat_map(|p| p.values_of("RemovableHosts"))
+            .collect()
+    };
+
+    let protected = eventually(Duration::from_secs(30), async || {
+        w.protected(&me).await.then_some(())
+    })
+    .await;
+    assert!(
+        protected.is_some(),
+        "busy, never protected; daemon log:\n{}",
+        logs()
+    );
+    let published = eventually(Duration::from_secs(30), async || {
+        (!removable().is_empty()).then_some(())
+    })
+    .await;
+    assert!(
+        published.is_some(),
+        "no RemovableHosts datum; daemon log:\n{}",
+        logs()
+    );
+    assert!(
+        removable().iter().all(|v| *v == 0.0),
+        "busy yet removable: {:?}",
+        removable()
+    );
+
+    // Its task ends. Within the grace it stays protected; after it, unprotected and removable.
+    docker.remove("c0ffee");
+    let idle_at = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(w.protected(&me).await, "lifted within the grace");
+    let lifted = eventually(Duration::from_secs(120), async || {
+        (!w.protected(&me).await).then_some(())
+    })
+    .await;
+    assert!(
+        lifted.is_some(),
+        "idle, never unprotected; daemon log:\n{}",
+        logs()
+    );
+    assert!(
+        idle_at.elapsed() >= Duration::from_secs(60),
+        "lifted before the grace ended ({:?})",
+        idle_at.elapsed()
+    );
+    let one = eventually(Duration::from_secs(30), async || {
+        removable().contains(&1.0).then_some(())
+    })
+    .await;
+    assert!(
+        one.is_some(),
+        "RemovableHosts never 1: {:?}; daemon log:\n{}",
+        removable(),
+        logs()
+    );
+}

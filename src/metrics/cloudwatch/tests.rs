@@ -37,6 +37,7 @@ fn figures() -> HostFigures {
         cpu_reserved_difference: None,
         memory_reserved_difference: None,
         removable: None,
+        scale_in_protected: None,
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod cfn;
 pub mod cloudwatch;
 pub mod docker;
+pub mod fake_docker;
 pub mod imds;
 pub mod lifecycle;
 pub mod logs;
