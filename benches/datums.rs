@@ -55,6 +55,7 @@ fn host(i: usize) -> HostFigures {
         cpu_reserved_difference: None,
         memory_reserved_difference: None,
         removable: Some(false),
+        scale_in_protected: Some(true),
     }
 }
 
