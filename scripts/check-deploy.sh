@@ -16,7 +16,9 @@ lint=.venv/bin/cfn-lint
 [ -x "$lint" ] || { echo "check-deploy: $lint missing: run scripts/test-env.sh" >&2; exit 1; }
 metadata="$(mktemp)"
 trap 'rm -f "$metadata"' EXIT
-cargo metadata --format-version 1 --offline --quiet >"$metadata"
+# Not --offline: on a fresh machine the registry cache lacks the crates of other platforms, which
+# metadata lists too; crates.io is reachable wherever the build is.
+cargo metadata --format-version 1 --locked --quiet >"$metadata"
 .venv/bin/python - "$deploy" "$metadata" <<'PY'
 import json, pathlib, re, sys, yaml
 
