@@ -554,7 +554,10 @@ fn start_drain(
         let effects = Arc::new(
             AwsEffects::new(&sdk, Target::from_config(cfg, instance_id.into()))
                 .with_local_tasks(move || {
-                    observed.borrow().as_deref().map(Observation::task_families)
+                    observed
+                        .borrow()
+                        .as_deref()
+                        .and_then(Observation::task_families)
                 })
                 .with_ignored_families(cfg.drain.ignore_families.clone()),
         );

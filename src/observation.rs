@@ -15,8 +15,8 @@ pub struct Observation {
 }
 
 impl Observation {
-    /// The families of the ECS tasks the local Docker engine runs.
-    pub fn task_families(&self) -> Vec<String> {
+    /// The families of the ECS tasks the local Docker engine runs; `None` before its first listing.
+    pub fn task_families(&self) -> Option<Vec<String>> {
         self.status.snapshot.task_families()
     }
 }

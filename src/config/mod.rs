@@ -196,6 +196,28 @@ pub struct DrainConfig {
     pub drain_on_shutdown: bool,
     #[serde(with = "humantime_serde")]
     pub shutdown_drain_timeout: Duration,
+    /// The bound on every drain: this long after it began, the remaining tasks are stopped
+    /// (`stop_remaining`) and the drain ends (a pending lifecycle action completes with CONTINUE).
+    #[serde(with = "humantime_serde")]
+    pub max_duration: Duration,
+    /// Which remaining tasks are stopped with StopTask as a drain reaches its bound.
+    pub stop_remaining: StopRemaining,
+    /// Remaining tasks are stopped this long before the bound, so they get their stop timeout
+    /// (ECS_CONTAINER_STOP_TIMEOUT, 30 s by default) before the instance goes.
+    #[serde(with = "humantime_serde")]
+    pub stop_lead: Duration,
+}
+
+/// Which tasks a drain stops with StopTask when it reaches its bound (`drain.stop_remaining`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StopRemaining {
+    /// Tasks no service owns (their group is not `service:…`): nothing else ever moves them.
+    Unowned,
+    /// Every remaining task that is not of an ignored family.
+    All,
+    /// None: at the bound the drain ends with the tasks still running.
+    None,
 }
 
 /// Managed scale-in protection and volunteering (the `protection` module).
@@ -381,6 +403,9 @@ impl Default for DrainConfig {
             lifecycle_hook: String::new(),
             drain_on_shutdown: false,
             shutdown_drain_timeout: Duration::from_secs(300),
+            max_duration: Duration::from_secs(3600),
+            stop_remaining: StopRemaining::Unowned,
+            stop_lead: Duration::from_secs(45),
         }
     }
 }

@@ -31,6 +31,10 @@ pub const MAINTENANCE_LEAD_TIME: (Duration, Duration) =
     (Duration::ZERO, Duration::from_secs(28 * 86_400));
 pub const SHUTDOWN_DRAIN_TIMEOUT: (Duration, Duration) =
     (Duration::ZERO, Duration::from_secs(2 * 3600));
+/// A drain's bound: at most the 48 h an Auto Scaling lifecycle action can wait.
+pub const DRAIN_MAX_DURATION: (Duration, Duration) =
+    (Duration::from_secs(60), Duration::from_secs(48 * 3600));
+pub const DRAIN_STOP_LEAD: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(600));
 /// Unsent CloudWatch periods kept: a week of one-minute periods.
 pub const BUFFER_PERIODS: (usize, usize) = (1, 10_080);
 /// Memory the ECS agent keeps back, MiB (16 TiB: above any instance type).
@@ -312,6 +316,18 @@ fn drain(c: &Config, check: &Check<'_>) -> Result<(), ConfigError> {
         d.shutdown_drain_timeout,
         SHUTDOWN_DRAIN_TIMEOUT,
     )?;
+    check.duration("drain.max_duration", d.max_duration, DRAIN_MAX_DURATION)?;
+    check.duration("drain.stop_lead", d.stop_lead, DRAIN_STOP_LEAD)?;
+    if d.stop_lead >= d.max_duration {
+        return Err(check.invalid(
+            "drain.stop_lead",
+            format!(
+                "{} is not allowed: below drain.max_duration ({})",
+                human(d.stop_lead),
+                human(d.max_duration)
+            ),
+        ));
+    }
     let id = d.instance_id.trim();
     if !id.is_empty() {
         id.parse::<crate::instance_id::InstanceId>()

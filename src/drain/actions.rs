@@ -5,23 +5,26 @@ use std::time::Duration;
 
 use aws_config::SdkConfig;
 use aws_config::retry::RetryConfig;
-use aws_sdk_ecs::types::{ContainerInstance, ContainerInstanceStatus};
+use aws_sdk_ecs::types::{ContainerInstance, ContainerInstanceStatus, DesiredStatus, Task};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use futures_util::future::BoxFuture;
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::Effects;
 use super::machine::{Failure, Hook, LifecycleResult};
 use crate::aws::{self, Outcome};
+use crate::config::StopRemaining;
 use crate::retry::Backoff;
 
 /// Auto Scaling's default HeartbeatTimeout when a hook does not say (3600 s).
 const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3600);
 const TERMINATING: &str = "autoscaling:EC2_INSTANCE_TERMINATING";
+/// The reason StopTask records (at most 255 characters), shown in the console and DescribeTasks.
+const STOP_REASON: &str = "ecs-capacity-agent: the instance's drain reached its bound";
 
 /// Which instance the effects act on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,14 +61,16 @@ pub struct AwsEffects {
     ecs: aws_sdk_ecs::Client,
     autoscaling: aws_sdk_autoscaling::Client,
     target: Target,
-    arn: OnceCell<String>,
+    /// This instance's container instance ARN once found; forgotten when ECS no longer knows it
+    /// (the ECS agent registered the instance again), so that it is looked up again.
+    arn: Mutex<Option<String>>,
     local_tasks: Option<LocalTasks>,
     ignore_families: Vec<String>,
 }
 
 impl AwsEffects {
     pub fn new(sdk: &SdkConfig, target: Target) -> AwsEffects {
-        let arn = OnceCell::new_with(target.container_instance_arn.clone());
+        let arn = Mutex::new(target.container_instance_arn.clone());
         AwsEffects {
             ecs: aws_sdk_ecs::Client::new(sdk),
             autoscaling: aws_sdk_autoscaling::Client::new(sdk),
@@ -96,12 +101,30 @@ impl AwsEffects {
         &self.target
     }
 
-    /// This instance's container instance ARN, looked up once.
+    /// This instance's container instance ARN, looked up when not known (yet, or any more).
     pub async fn container_instance_arn(&self) -> Result<String, Failure> {
-        self.arn
-            .get_or_try_init(|| self.find_container_instance())
-            .await
-            .cloned()
+        let mut arn = self.arn.lock().await;
+        if let Some(a) = arn.as_ref() {
+            return Ok(a.clone());
+        }
+        let found = self.find_container_instance().await?;
+        *arn = Some(found.clone());
+        Ok(found)
+    }
+
+    /// ECS answered that `stale` is missing: forget it, and fail the call as one to retry, which
+    /// looks the ARN up again. After the ECS agent registers the instance again (a new ARN), the
+    /// old one is MISSING: that is not the permanent refusal it reads as.
+    async fn stale_arn(&self, stale: &str, what: String) -> Failure {
+        let mut arn = self.arn.lock().await;
+        if arn.as_deref() == Some(stale) {
+            *arn = None;
+        }
+        tracing::warn!(container_instance = %stale, "{what}: looking this instance up in ECS again");
+        Failure::new(
+            Outcome::NotApplied,
+            format!("{what} (looking the container instance up again)"),
+        )
     }
 
     /// Looks up this instance's container instance ARN before any notice arrives, so that starting a
@@ -187,16 +210,20 @@ impl AwsEffects {
             .send()
             .await
             .map_err(|e| failure("DescribeContainerInstances", &e))?;
-        out.container_instances
+        match out
+            .container_instances
             .unwrap_or_default()
             .into_iter()
             .next()
-            .ok_or_else(|| {
-                Failure::new(
-                    Outcome::Rejected,
+        {
+            Some(ci) => Ok(ci),
+            None => Err(self
+                .stale_arn(
+                    &arn,
                     format!("container instance {arn} is not in cluster {cluster:?}"),
                 )
-            })
+                .await),
+        }
     }
 
     async fn ecs_remaining(&self) -> Result<u32, Failure> {
@@ -204,22 +231,29 @@ impl AwsEffects {
             let ci = self.describe_this().await?;
             return Ok((ci.running_tasks_count + ci.pending_tasks_count).max(0) as u32);
         }
+        // Ignored families need the tasks themselves, not only the count.
+        Ok(self.tasks_here(None).await?.len() as u32)
+    }
+
+    /// The tasks ECS has on this container instance that have not stopped, ignored families left
+    /// out; only those desired `desired` when given.
+    async fn tasks_here(&self, desired: Option<DesiredStatus>) -> Result<Vec<Task>, Failure> {
         let arn = self.container_instance_arn().await?;
         let cluster = &self.target.cluster;
-        // Ignored families need the tasks themselves, not only the count.
         let mut task_arns = Vec::new();
         let mut pages = self
             .ecs
             .list_tasks()
             .cluster(cluster)
             .container_instance(&arn)
+            .set_desired_status(desired)
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| failure("ListTasks", &e))?;
             task_arns.extend(page.task_arns.unwrap_or_default());
         }
-        let mut count = 0;
+        let mut tasks = Vec::new();
         for chunk in task_arns.chunks(100) {
             let out = self
                 .ecs
@@ -229,18 +263,62 @@ impl AwsEffects {
                 .send()
                 .await
                 .map_err(|e| failure("DescribeTasks", &e))?;
-            count += out
-                .tasks
-                .unwrap_or_default()
-                .iter()
-                .filter(|t| t.last_status.as_deref() != Some("STOPPED"))
-                .filter(|t| {
-                    let family = t.task_definition_arn.as_deref().map(family_of);
-                    !family.is_some_and(|f| self.ignored(f))
-                })
-                .count() as u32;
+            tasks.extend(
+                out.tasks
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|t| t.last_status.as_deref() != Some("STOPPED"))
+                    .filter(|t| {
+                        let family = t.task_definition_arn.as_deref().map(family_of);
+                        !family.is_some_and(|f| self.ignored(f))
+                    }),
+            );
         }
-        Ok(count)
+        Ok(tasks)
+    }
+
+    /// StopTask for each task still meant to run here in `scope`. Every task is tried; the first
+    /// failure is returned after the others were tried.
+    async fn stop_tasks_inner(&self, scope: StopRemaining) -> Result<u32, Failure> {
+        if scope == StopRemaining::None {
+            return Ok(0);
+        }
+        let tasks = self.tasks_here(Some(DesiredStatus::Running)).await?;
+        let mut stopped = 0;
+        let mut first_failure = None;
+        for t in tasks {
+            let owned = t
+                .group
+                .as_deref()
+                .is_some_and(|g| g.starts_with("service:"));
+            if scope == StopRemaining::Unowned && owned {
+                continue;
+            }
+            let Some(task) = t.task_arn else { continue };
+            let sent = self
+                .ecs
+                .stop_task()
+                .cluster(&self.target.cluster)
+                .task(&task)
+                .reason(STOP_REASON)
+                .send()
+                .await;
+            match sent {
+                Ok(_) => {
+                    tracing::warn!(%task, group = t.group.as_deref().unwrap_or(""), "told the task to stop: the drain's bound is near");
+                    stopped += 1;
+                }
+                Err(e) => {
+                    let f = failure("StopTask", &e);
+                    tracing::warn!(%task, error = %f.message, "cannot stop the task");
+                    first_failure.get_or_insert(f);
+                }
+            }
+        }
+        match first_failure {
+            Some(f) => Err(f),
+            None => Ok(stopped),
+        }
     }
 
     fn ignored(&self, family: &str) -> bool {
@@ -358,6 +436,10 @@ impl Effects for AwsEffects {
                 .await
                 .map_err(|e| failure("UpdateContainerInstancesState", &e))?;
             if let Some(f) = out.failures.unwrap_or_default().into_iter().next() {
+                if f.reason.as_deref() == Some("MISSING") {
+                    let what = format!("UpdateContainerInstancesState {arn}: MISSING");
+                    return Err(self.stale_arn(&arn, what).await);
+                }
                 return Err(Failure::new(
                     Outcome::Rejected,
                     format!(
@@ -397,6 +479,10 @@ impl Effects for AwsEffects {
 
     fn find_hook(&self) -> BoxFuture<'_, Result<Option<Hook>, Failure>> {
         Box::pin(self.find_hook_inner())
+    }
+
+    fn stop_tasks(&self, scope: StopRemaining) -> BoxFuture<'_, Result<u32, Failure>> {
+        Box::pin(self.stop_tasks_inner(scope))
     }
 
     fn heartbeat<'a>(&'a self, hook: &'a Hook) -> BoxFuture<'a, Result<(), Failure>> {

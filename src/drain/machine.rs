@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::aws::Outcome;
-use crate::config::{DrainConfig, FailureAction, Reaction};
+use crate::config::{DrainConfig, FailureAction, Reaction, StopRemaining};
 use crate::notice::{
     LifecycleState, MaintenanceCode, MaintenanceEvent, MaintenanceState, Notice, SpotAction,
 };
@@ -22,6 +22,9 @@ use crate::notice::{
 /// Auto Scaling keeps an instance in a wait state for at most 100 × HeartbeatTimeout or 48 hours,
 /// whichever is smaller ("global timeout", Amazon EC2 Auto Scaling lifecycle hooks documentation).
 pub const MAX_GLOBAL_TIMEOUT: Duration = Duration::from_secs(48 * 3600);
+
+/// The longest wait between retries of a failing drain call.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
 /// The reactions and timings the machine needs from `drain.*` configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +36,9 @@ pub struct Settings {
     pub maintenance_lead_time: Duration,
     pub check_interval: Duration,
     pub on_failure: FailureAction,
+    pub max_duration: Duration,
+    pub stop_remaining: StopRemaining,
+    pub stop_lead: Duration,
 }
 
 impl Settings {
@@ -45,7 +51,22 @@ impl Settings {
             maintenance_lead_time: c.maintenance_lead_time,
             check_interval: c.check_interval,
             on_failure: c.on_failure,
+            max_duration: c.max_duration,
+            stop_remaining: c.stop_remaining,
+            stop_lead: c.stop_lead,
         }
+    }
+
+    /// The wait before retrying a call that failed `failures` times in a row without being
+    /// refused: the check interval doubled per failure up to a minute, times a jitter in [½, 1)
+    /// (`jitter` in [0, 1)), so a fleet throttled at once does not retry at once.
+    fn retry_delay(&self, failures: u32, jitter: f64) -> Duration {
+        let base = self
+            .check_interval
+            .saturating_mul(1u32 << failures.min(10))
+            .min(MAX_RETRY_DELAY)
+            .max(self.check_interval);
+        base.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
     }
 
     /// Complete a pending lifecycle action this long before its global timeout, so the call lands
@@ -184,6 +205,46 @@ pub struct Drain {
     /// someone else's (`false`); unknown until ECS was asked. Only a drain that set it is undone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set_by_agent: Option<bool>,
+    /// When the remaining tasks were told to stop as the drain neared its bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopping: Option<SystemTime>,
+    /// A call failed without being refused: the next try waits until `not_before`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+}
+
+/// Back-off after failed drain calls (throttled, 5xx, unreachable).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Retry {
+    pub failures: u32,
+    pub not_before: SystemTime,
+}
+
+/// When a drain ends whatever its tasks do, and why then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    pub at: SystemTime,
+    pub why: BoundKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BoundKind {
+    /// The notice's time (spot, maintenance): the instance goes then regardless.
+    Notice,
+    /// The lifecycle action's global timeout, less the margin to complete it in time.
+    HookTimeout,
+    /// `drain.max_duration` after the drain began.
+    MaxDuration,
+}
+
+impl std::fmt::Display for BoundKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BoundKind::Notice => "the notice's time",
+            BoundKind::HookTimeout => "the lifecycle action's global timeout",
+            BoundKind::MaxDuration => "drain.max_duration",
+        })
+    }
 }
 
 impl Drain {
@@ -196,7 +257,32 @@ impl Drain {
             tasks_remaining: None,
             lifecycle: Lifecycle::None,
             set_by_agent: None,
+            stopping: None,
+            retry: None,
         }
+    }
+
+    /// The earliest of the notice's time, the pending lifecycle action's global timeout (less the
+    /// margin to complete it before Auto Scaling gives up) and `drain.max_duration` after the start.
+    /// Times too far off to represent are no bound.
+    pub fn bound(&self, s: &Settings) -> Option<Bound> {
+        let hook = match &self.lifecycle {
+            Lifecycle::Pending { hook, seen_at, .. } => seen_at
+                .checked_add(hook.global_timeout())
+                .map(|t| t.checked_sub(s.deadline_margin()).unwrap_or(t)),
+            _ => None,
+        };
+        [
+            (self.deadline, BoundKind::Notice),
+            (hook, BoundKind::HookTimeout),
+            (
+                self.since.checked_add(s.max_duration),
+                BoundKind::MaxDuration,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(at, why)| at.map(|at| Bound { at, why }))
+        .min_by_key(|b| b.at)
     }
 
     pub fn reason_text(&self) -> String {
@@ -221,7 +307,7 @@ impl Drain {
     /// The earliest of the notice deadline and the lifecycle action's global timeout.
     pub fn effective_deadline(&self) -> Option<SystemTime> {
         let hook = match &self.lifecycle {
-            Lifecycle::Pending { hook, seen_at, .. } => Some(*seen_at + hook.global_timeout()),
+            Lifecycle::Pending { hook, seen_at, .. } => seen_at.checked_add(hook.global_timeout()),
             _ => None,
         };
         earliest(self.deadline, hook)
@@ -344,6 +430,8 @@ pub enum Done {
     FindHook(Result<Option<Hook>, Failure>),
     Heartbeat(Result<(), Failure>),
     Complete(Result<(), Failure>),
+    /// StopTask of the remaining tasks: how many were told to stop.
+    StopTasks(Result<u32, Failure>),
 }
 
 /// A failed effect: what it means for a retry, and what to log.
@@ -369,6 +457,8 @@ pub enum Effect {
     FindHook,
     Heartbeat(Hook),
     Complete(Hook, LifecycleResult),
+    /// StopTask every remaining task in this scope (never `StopRemaining::None`).
+    StopTasks(StopRemaining),
     /// Tell the operator: a notice configured as `report`, or something that deserves a loud line.
     Log {
         level: Level,
@@ -433,6 +523,11 @@ pub fn step(state: &State, input: Input, now: SystemTime, s: &Settings) -> (Stat
 
 /// The outcome of an effect, one row each.
 fn on_done(st: &mut State, done: Done, cx: &mut Ctx) {
+    if done.succeeded()
+        && let Phase::Draining(d) = &mut st.phase
+    {
+        d.retry = None;
+    }
     match done {
         Done::DrainingBefore(before) => on_draining_before(st, before, cx),
         Done::SetDraining(Ok(())) => {
@@ -473,6 +568,49 @@ fn on_done(st: &mut State, done: Done, cx: &mut Ctx) {
             cx,
         ),
         Done::Complete(outcome) => on_completed(st, outcome, cx),
+        Done::StopTasks(outcome) => on_stopped(st, outcome, cx),
+    }
+}
+
+impl Done {
+    /// A call to AWS answered with success (a step the drain made, so any back-off is over).
+    fn succeeded(&self) -> bool {
+        match self {
+            Done::DrainingBefore(r) => r.is_ok(),
+            Done::SetDraining(r) | Done::SetActive(r) | Done::Heartbeat(r) | Done::Complete(r) => {
+                r.is_ok()
+            }
+            Done::FindHook(r) => r.is_ok(),
+            Done::StopTasks(r) => r.is_ok(),
+        }
+    }
+}
+
+/// StopTask answered: a failure that was not a refusal is tried again by the next tick.
+fn on_stopped(st: &mut State, outcome: Result<u32, Failure>, cx: &mut Ctx) {
+    let Phase::Draining(d) = &mut st.phase else {
+        return;
+    };
+    match outcome {
+        Ok(n) => cx.log(
+            Level::Warn,
+            format!("told {n} remaining task(s) to stop ({})", d.reason_text()),
+        ),
+        Err(f) if f.kind == Outcome::Rejected => cx.log(
+            Level::Error,
+            format!("cannot stop the remaining tasks: {}", f.message),
+        ),
+        Err(f) => {
+            d.stopping = None;
+            back_off(d, cx);
+            cx.log(
+                Level::Warn,
+                format!(
+                    "stopping the remaining tasks failed, retrying: {}",
+                    f.message
+                ),
+            );
+        }
     }
 }
 
@@ -798,12 +936,15 @@ fn on_tick(st: &mut State, tasks: Option<u32>, cx: &mut Ctx) {
     if tasks.is_some() {
         d.tasks_remaining = tasks;
     }
-    if !d.ecs_draining {
+    let backing_off = d.retry.as_ref().is_some_and(|r| cx.now < r.not_before);
+    if !d.ecs_draining && !backing_off {
         cx.push(Effect::SetDraining);
     }
+    stop_near_bound(d, cx);
     match d.lifecycle {
-        Lifecycle::Finding { .. } => cx.push(Effect::FindHook),
-        Lifecycle::Pending { .. } => tick_pending(d, tasks, cx),
+        Lifecycle::Finding { .. } if !backing_off => cx.push(Effect::FindHook),
+        Lifecycle::Finding { .. } => {}
+        Lifecycle::Pending { .. } => tick_pending(d, tasks, backing_off, cx),
         Lifecycle::Completing { .. } => {}
         Lifecycle::None
         | Lifecycle::NoHook
@@ -812,29 +953,79 @@ fn on_tick(st: &mut State, tasks: Option<u32>, cx: &mut Ctx) {
     }
 }
 
-/// A lifecycle action waits on this drain: complete it when the tasks are gone or its global
-/// timeout is near; heartbeat it meanwhile.
-fn tick_pending(d: &mut Drain, tasks: Option<u32>, cx: &mut Ctx) {
+/// As the drain nears its bound with tasks remaining, tells them to stop (`drain.stop_lead` before
+/// it), once: at the notice's time the instance goes regardless, so every remaining task is stopped
+/// (unless `drain.stop_remaining = "none"`); at the other bounds, the configured scope.
+fn stop_near_bound(d: &mut Drain, cx: &mut Ctx) {
+    if d.stopping.is_some() || !d.ecs_draining || d.tasks_seen_gone() {
+        return;
+    }
+    if matches!(d.lifecycle, Lifecycle::Completing { .. }) {
+        return;
+    }
+    let Some(bound) = d.bound(cx.settings) else {
+        return;
+    };
+    let scope = match (cx.settings.stop_remaining, bound.why) {
+        (StopRemaining::None, _) => return,
+        (_, BoundKind::Notice) => StopRemaining::All,
+        (scope, _) => scope,
+    };
+    let stop_at = bound
+        .at
+        .checked_sub(cx.settings.stop_lead)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    if cx.now < stop_at {
+        return;
+    }
+    d.stopping = Some(cx.now);
+    let which = match scope {
+        StopRemaining::All => "every remaining task",
+        _ => "the remaining tasks no service owns",
+    };
+    cx.log(
+        Level::Warn,
+        format!(
+            "{} ({}) comes at {} with {} task(s) remaining: stopping {which} now",
+            bound.why,
+            d.reason_text(),
+            crate::rfc3339::format(bound.at),
+            count(d.tasks_remaining)
+        ),
+    );
+    cx.push(Effect::StopTasks(scope));
+}
+
+/// A lifecycle action waits on this drain: complete it when the tasks are gone or the drain's bound
+/// has come; heartbeat it meanwhile. The heartbeat is also due when the wall clock went back past
+/// the last one, so a backward clock step cannot let the hook time out.
+fn tick_pending(d: &mut Drain, tasks: Option<u32>, backing_off: bool, cx: &mut Ctx) {
     let Lifecycle::Pending {
         hook,
-        seen_at,
         last_heartbeat,
+        ..
     } = &d.lifecycle
     else {
         return;
     };
-    let global_deadline = *seen_at + hook.global_timeout();
-    let heartbeat = (cx.now >= *last_heartbeat + hook.heartbeat_every()).then(|| hook.clone());
-    if cx.now + cx.settings.deadline_margin() >= global_deadline {
+    let due = cx.now < *last_heartbeat
+        || last_heartbeat
+            .checked_add(hook.heartbeat_every())
+            .is_none_or(|next| cx.now >= next);
+    let heartbeat = due.then(|| hook.clone());
+    let bound = d.bound(cx.settings).filter(|b| cx.now >= b.at);
+    if let Some(bound) = bound {
         cx.log(
             Level::Error,
             format!(
-                "the lifecycle action's global timeout ({}) is near with {} task(s) remaining: completing it anyway",
-                crate::rfc3339::format(global_deadline),
+                "{} ({}) has come with {} task(s) remaining: completing the lifecycle action anyway",
+                bound.why,
+                crate::rfc3339::format(bound.at),
                 count(d.tasks_remaining)
             ),
         );
         complete(&mut d.lifecycle, LifecycleResult::Continue, cx);
+    } else if backing_off {
     } else if d.ecs_draining && tasks == Some(0) {
         complete(&mut d.lifecycle, LifecycleResult::Continue, cx);
     } else if let Some(hook) = heartbeat {
@@ -856,8 +1047,8 @@ fn complete(lifecycle: &mut Lifecycle, result: LifecycleResult, cx: &mut Ctx) {
     };
 }
 
-/// Without a lifecycle action to complete, the drain ends when the tasks are gone or the instance's
-/// own deadline has passed.
+/// Without a lifecycle action to complete, the drain ends when the tasks are gone or its bound (the
+/// notice's time, `drain.max_duration`) has come.
 fn end_without_hook(st: &mut State, tasks: Option<u32>, cx: &mut Ctx) {
     let Phase::Draining(d) = &st.phase else {
         return;
@@ -868,14 +1059,15 @@ fn end_without_hook(st: &mut State, tasks: Option<u32>, cx: &mut Ctx) {
             format!("drained: no tasks remain ({})", d.reason_text()),
         );
         to_drained(st, false, cx.now);
-    } else if let Some(deadline) = d.deadline
-        && cx.now >= deadline
+    } else if let Some(bound) = d.bound(cx.settings)
+        && cx.now >= bound.at
     {
         cx.log(
             Level::Error,
             format!(
-                "deadline {} passed with {} task(s) remaining: the instance goes now ({})",
-                crate::rfc3339::format(deadline),
+                "{} ({}) has come with {} task(s) remaining: the drain ends here ({})",
+                bound.why,
+                crate::rfc3339::format(bound.at),
                 count(d.tasks_remaining),
                 d.reason_text()
             ),
@@ -933,9 +1125,34 @@ fn retry_or_fail(st: &mut State, f: Failure, refused: &str, retrying: &str, cx: 
     }
     if f.kind == Outcome::Rejected {
         fail(st, format!("{refused}: {}", f.message), cx);
-    } else {
-        cx.log(Level::Warn, format!("{retrying}, retrying: {}", f.message));
+    } else if let Phase::Draining(d) = &mut st.phase {
+        let wait = back_off(d, cx);
+        cx.log(
+            Level::Warn,
+            format!(
+                "{retrying}, retrying in {}: {}",
+                humantime::format_duration(Duration::from_secs(wait.as_secs().max(1))),
+                f.message
+            ),
+        );
     }
+}
+
+/// One more failure in a row: the drain's calls wait [`Settings::retry_delay`] before the next try.
+/// The jitter comes from the sub-second part of the time of the failure.
+fn back_off(d: &mut Drain, cx: &Ctx) -> Duration {
+    let failures = d.retry.as_ref().map_or(0, |r| r.failures);
+    let jitter = f64::from(
+        cx.now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |t| t.subsec_nanos()),
+    ) / 1e9;
+    let wait = cx.settings.retry_delay(failures, jitter);
+    d.retry = Some(Retry {
+        failures: failures.saturating_add(1),
+        not_before: cx.now.checked_add(wait).unwrap_or(cx.now),
+    });
+    wait
 }
 
 fn fail(st: &mut State, error: String, cx: &mut Ctx) {
@@ -987,7 +1204,9 @@ fn on_completed(st: &mut State, outcome: Result<(), Failure>, cx: &mut Ctx) {
     };
     let retry = matches!(&outcome, Err(f) if f.kind == Outcome::NotApplied);
     d.lifecycle = completion(hook, result, seen_at, outcome, cx);
-    if !retry {
+    if retry {
+        back_off(d, cx);
+    } else {
         let forced = !d.tasks_seen_gone();
         to_drained(st, forced, cx.now);
     }

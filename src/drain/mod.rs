@@ -30,6 +30,7 @@ pub use machine::{
 };
 pub use state::{Degraded, StateError, Store};
 
+use crate::config::StopRemaining;
 use crate::health::Health;
 use crate::notice::Notice;
 
@@ -44,6 +45,9 @@ pub trait Effects: Send + Sync + 'static {
     /// The terminating lifecycle hook of this instance's group; `None` when there is none.
     fn find_hook(&self) -> BoxFuture<'_, Result<Option<Hook>, Failure>>;
     fn heartbeat<'a>(&'a self, hook: &'a Hook) -> BoxFuture<'a, Result<(), Failure>>;
+    /// StopTask every remaining task of this instance in `scope` (ignored families excepted);
+    /// returns how many were told to stop.
+    fn stop_tasks(&self, scope: StopRemaining) -> BoxFuture<'_, Result<u32, Failure>>;
     /// CompleteLifecycleAction, sent once (no retries below this call).
     fn complete<'a>(
         &'a self,
@@ -67,6 +71,9 @@ impl<T: Effects + ?Sized> Effects for Arc<T> {
     }
     fn heartbeat<'a>(&'a self, hook: &'a Hook) -> BoxFuture<'a, Result<(), Failure>> {
         (**self).heartbeat(hook)
+    }
+    fn stop_tasks(&self, scope: StopRemaining) -> BoxFuture<'_, Result<u32, Failure>> {
+        (**self).stop_tasks(scope)
     }
     fn complete<'a>(
         &'a self,
@@ -469,6 +476,13 @@ impl Runner {
                 let r = self.effects.complete(&hook, result).await;
                 failed("drain_complete", &r);
                 Some(Done::Complete(r))
+            }
+            Effect::StopTasks(scope) => {
+                let r = self.effects.stop_tasks(scope).await;
+                if r.is_err() {
+                    self.health.error("drain_stop_tasks");
+                }
+                Some(Done::StopTasks(r))
             }
             Effect::Log { level, message } => {
                 match level {

@@ -64,8 +64,10 @@ impl Snapshot {
             .saturating_sub(self.reserved.memory_mib)
     }
 
-    /// The ECS task families running here (for the drain's local confirmation).
-    pub fn task_families(&self) -> Vec<String> {
-        self.tasks.iter().map(|t| t.family.clone()).collect()
+    /// The ECS task families running here (for the drain's local confirmation); `None` before
+    /// Docker's first listing, when an empty list would claim the host runs nothing.
+    pub fn task_families(&self) -> Option<Vec<String>> {
+        self.tasks_known
+            .then(|| self.tasks.iter().map(|t| t.family.clone()).collect())
     }
 }

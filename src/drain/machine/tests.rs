@@ -336,13 +336,23 @@ fn a_throttled_completion_is_retried_but_an_unanswered_one_is_not() {
     assert!(acts(&fx).is_empty());
 }
 
+/// Settings whose own bound (`max_duration`) is past the hook's and that never stop tasks.
+fn unbounded() -> Settings {
+    Settings {
+        max_duration: MAX_GLOBAL_TIMEOUT,
+        stop_remaining: StopRemaining::None,
+        ..Settings::default()
+    }
+}
+
 #[test]
 fn near_the_global_timeout_the_action_is_completed_anyway() {
     let st = asg_pending();
+    let s = unbounded();
     // 300 s × 100 = 30 000 s; completed one margin (2 × check interval) before it.
-    let (_, fx) = run(&st, Input::Tick { tasks: Some(4) }, 30_000 - 11);
+    let (_, fx) = step(&st, Input::Tick { tasks: Some(4) }, t(30_000 - 11), &s);
     assert!(!fx.iter().any(|e| matches!(e, Effect::Complete(..))));
-    let (st, fx) = run(&st, Input::Tick { tasks: Some(4) }, 30_000 - 10);
+    let (st, fx) = step(&st, Input::Tick { tasks: Some(4) }, t(30_000 - 10), &s);
     assert_eq!(
         acts(&fx),
         vec![Effect::Complete(hook(), LifecycleResult::Continue)]
@@ -1052,4 +1062,178 @@ fn a_return_to_the_warm_pool_drains_and_finds_the_hook_like_a_termination() {
         acts(&fx),
         vec![Effect::Complete(hook(), LifecycleResult::Continue)]
     );
+}
+
+/// A manual drain that ECS accepted at t=0 (it has no deadline of its own).
+fn manual_draining(s: &Settings) -> State {
+    let (st, _) = step(&State::default(), Input::Command(Command::Drain), t(0), s);
+    let (st, _) = step(&st, Input::Done(Done::SetDraining(Ok(()))), t(0), s);
+    st
+}
+
+#[test]
+fn at_max_duration_unowned_tasks_are_stopped_first_and_the_drain_ends() {
+    let s = Settings::default();
+    let (max, lead) = (s.max_duration.as_secs(), s.stop_lead.as_secs());
+    let st = manual_draining(&s);
+    let (st, fx) = step(&st, Input::Tick { tasks: Some(3) }, t(max - lead - 1), &s);
+    assert!(acts(&fx).is_empty(), "{fx:?}");
+    let (st, fx) = step(&st, Input::Tick { tasks: Some(3) }, t(max - lead), &s);
+    assert_eq!(acts(&fx), vec![Effect::StopTasks(StopRemaining::Unowned)]);
+    assert!(fx.iter().any(
+        |e| matches!(e, Effect::Log { message, .. } if message.contains("drain.max_duration"))
+    ));
+    let (st, _) = step(&st, Input::Done(Done::StopTasks(Ok(2))), t(max - lead), &s);
+    // Told once: later ticks do not repeat it.
+    let (st, fx) = step(&st, Input::Tick { tasks: Some(1) }, t(max - 1), &s);
+    assert!(acts(&fx).is_empty(), "{fx:?}");
+    let (st, _) = step(&st, Input::Tick { tasks: Some(1) }, t(max), &s);
+    assert!(
+        matches!(st.phase, Phase::Drained { forced: true, .. }),
+        "{st:?}"
+    );
+}
+
+#[test]
+fn stopped_tasks_that_leave_end_the_drain_normally() {
+    let s = Settings::default();
+    let max = s.max_duration.as_secs();
+    let st = manual_draining(&s);
+    let (st, _) = step(&st, Input::Tick { tasks: Some(1) }, t(max - 30), &s);
+    let (st, _) = step(&st, Input::Tick { tasks: Some(0) }, t(max - 20), &s);
+    assert!(
+        matches!(st.phase, Phase::Drained { forced: false, .. }),
+        "{st:?}"
+    );
+}
+
+#[test]
+fn before_a_spot_deadline_every_remaining_task_is_stopped_unless_none() {
+    let st = spot_draining();
+    let s = Settings::default();
+    let lead = s.stop_lead.as_secs();
+    let (_, fx) = step(&st, Input::Tick { tasks: Some(2) }, t(120 - lead - 1), &s);
+    assert!(acts(&fx).is_empty(), "{fx:?}");
+    let (_, fx) = step(&st, Input::Tick { tasks: Some(2) }, t(120 - lead), &s);
+    assert_eq!(acts(&fx), vec![Effect::StopTasks(StopRemaining::All)]);
+    let none = Settings {
+        stop_remaining: StopRemaining::None,
+        ..Settings::default()
+    };
+    let (st, fx) = step(&st, Input::Tick { tasks: Some(2) }, t(120 - lead), &none);
+    assert!(acts(&fx).is_empty(), "{fx:?}");
+    let (st, _) = step(&st, Input::Tick { tasks: Some(2) }, t(120), &none);
+    assert!(matches!(st.phase, Phase::Drained { forced: true, .. }));
+}
+
+#[test]
+fn a_pending_lifecycle_action_completes_with_continue_at_max_duration() {
+    let s = Settings::default();
+    let (max, lead) = (s.max_duration.as_secs(), s.stop_lead.as_secs());
+    let st = asg_pending();
+    let (st, fx) = step(&st, Input::Tick { tasks: Some(2) }, t(max - lead), &s);
+    assert!(
+        acts(&fx).contains(&Effect::StopTasks(StopRemaining::Unowned)),
+        "{fx:?}"
+    );
+    let (st, _) = step(&st, Input::Done(Done::StopTasks(Ok(0))), t(max - lead), &s);
+    let (st, fx) = step(&st, Input::Tick { tasks: Some(2) }, t(max), &s);
+    assert_eq!(
+        acts(&fx),
+        vec![Effect::Complete(hook(), LifecycleResult::Continue)]
+    );
+    let (st, _) = step(&st, Input::Done(Done::Complete(Ok(()))), t(max), &s);
+    assert!(matches!(st.phase, Phase::Drained { forced: true, .. }));
+}
+
+#[test]
+fn a_failed_stop_is_tried_again_after_a_back_off_and_a_refused_one_is_not() {
+    let s = Settings::default();
+    let (max, lead) = (s.max_duration.as_secs(), s.stop_lead.as_secs());
+    let at = max - lead;
+    let st = manual_draining(&s);
+    let (st, _) = step(&st, Input::Tick { tasks: Some(1) }, t(at), &s);
+    let throttled = Failure::new(Outcome::NotApplied, "ThrottlingException");
+    let (st, _) = step(&st, Input::Done(Done::StopTasks(Err(throttled))), t(at), &s);
+    // Back-off after one failure: at most one check interval.
+    let later = at + s.check_interval.as_secs();
+    let (st, fx) = step(&st, Input::Tick { tasks: Some(1) }, t(later), &s);
+    assert_eq!(acts(&fx), vec![Effect::StopTasks(StopRemaining::Unowned)]);
+    let refused = Failure::new(Outcome::Rejected, "AccessDenied");
+    let (st, _) = step(
+        &st,
+        Input::Done(Done::StopTasks(Err(refused))),
+        t(later),
+        &s,
+    );
+    let (_, fx) = step(&st, Input::Tick { tasks: Some(1) }, t(later + 60), &s);
+    assert!(acts(&fx).is_empty(), "{fx:?}");
+}
+
+#[test]
+fn retries_back_off_with_jitter_and_a_success_resets_them() {
+    let s = Settings::default();
+    let ci = s.check_interval;
+    // Half to all of the doubled interval, capped at a minute.
+    for failures in 0..12 {
+        for jitter in [0.0, 0.5, 0.999] {
+            let d = s.retry_delay(failures, jitter);
+            let full = ci
+                .saturating_mul(1 << failures.min(10))
+                .min(MAX_RETRY_DELAY);
+            assert!(d >= full / 2 && d <= full, "{failures} {jitter} {d:?}");
+        }
+    }
+    assert_ne!(s.retry_delay(3, 0.1), s.retry_delay(3, 0.9));
+    let (st, _) = run(&State::default(), Input::Notice(spot(600)), 0);
+    let throttled = || Failure::new(Outcome::NotApplied, "ThrottlingException: Rate exceeded");
+    let (st, fx) = run(&st, Input::Done(Done::SetDraining(Err(throttled()))), 1);
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Log { message, .. } if message.contains("retrying in")))
+    );
+    let first = draining(&st).retry.clone().expect("backing off");
+    assert_eq!(first.failures, 1);
+    // Not before the back-off ends: no call.
+    let (_, fx) = step(
+        &st,
+        Input::Tick { tasks: None },
+        first.not_before - Duration::from_millis(1),
+        &s,
+    );
+    assert!(acts(&fx).is_empty(), "{fx:?}");
+    let (st, fx) = step(&st, Input::Tick { tasks: None }, first.not_before, &s);
+    assert_eq!(acts(&fx), vec![Effect::SetDraining]);
+    let (st, _) = step(
+        &st,
+        Input::Done(Done::SetDraining(Err(throttled()))),
+        first.not_before,
+        &s,
+    );
+    let second = draining(&st).retry.clone().expect("backing off");
+    assert_eq!(second.failures, 2);
+    let (st, _) = run(&st, Input::Done(Done::SetDraining(Ok(()))), 40);
+    assert_eq!(draining(&st).retry, None);
+}
+
+#[test]
+fn a_backward_clock_step_makes_the_heartbeat_due_at_once() {
+    let st = asg_pending();
+    // Heartbeat at t=100 (every 100 s for a 300 s hook), then the clock is stepped back to t=50.
+    let (st, _) = run(&st, Input::Tick { tasks: Some(2) }, 100);
+    let (st, _) = run(&st, Input::Done(Done::Heartbeat(Ok(()))), 100);
+    let (_, fx) = run(&st, Input::Tick { tasks: Some(2) }, 150);
+    assert!(acts(&fx).is_empty(), "{fx:?}");
+    let (_, fx) = run(&st, Input::Tick { tasks: Some(2) }, 50);
+    assert_eq!(acts(&fx), vec![Effect::Heartbeat(hook())]);
+}
+
+#[test]
+fn times_at_the_edge_of_the_clock_are_no_bound_and_no_panic() {
+    let s = Settings::default();
+    let far = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::MAX / 4);
+    let (st, _) = step(&State::default(), Input::Command(Command::Drain), far, &s);
+    let (st, _) = step(&st, Input::Done(Done::SetDraining(Ok(()))), far, &s);
+    let (st, _) = step(&st, Input::Tick { tasks: Some(1) }, far, &s);
+    assert!(matches!(st.phase, Phase::Draining(_)));
 }
