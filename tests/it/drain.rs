@@ -1114,3 +1114,152 @@ async fn in_service_to_warmed_stopped_is_drained_and_the_hook_continued_once() {
     );
     daemon.stop().await;
 }
+
+/// A drain that reaches its bound (`max_duration`) with tasks left: `stop_lead` before it the task
+/// no service owns is stopped (StopTask, with the agent's reason), the service's task is left to
+/// its scheduler, and at the bound the lifecycle action completes with CONTINUE, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_bound_unowned_tasks_are_stopped_and_the_hook_continued_once() {
+    use ecs_capacity_agent::config::StopRemaining;
+    let w = require!(world().await, "moto");
+    w.moto.pin_task_states().await;
+    let owned = w
+        .ecs
+        .start_task()
+        .cluster(CLUSTER)
+        .task_definition("web")
+        .group("service:api")
+        .container_instances(&w.container_instance)
+        .send()
+        .await
+        .expect("start the service's task")
+        .tasks
+        .unwrap_or_default()
+        .into_iter()
+        .next()
+        .and_then(|t| t.task_arn)
+        .expect("service task");
+    let dir = tempfile::tempdir().unwrap();
+    let (runner, handles) = Runner::new(
+        Settings {
+            max_duration: Duration::from_secs(6),
+            stop_lead: Duration::from_secs(4),
+            stop_remaining: StopRemaining::Unowned,
+            ..settings()
+        },
+        Store::open(dir.path()).expect("state dir"),
+        w.effects(),
+        Arc::new(Health::default()),
+    );
+    let (tx, rx) = mpsc::channel(16);
+    let token = CancellationToken::new();
+    let task = tokio::spawn(runner.run(rx, token.clone()));
+    tx.send(Notice::AutoScalingTerminated {
+        seen_at: SystemTime::now(),
+    })
+    .await
+    .unwrap();
+    until(30, "StopTask of the standalone task", async || {
+        !w.proxy.calls_of("StopTask").is_empty()
+    })
+    .await;
+    let stops = w.proxy.calls_of("StopTask");
+    assert_eq!(stops.len(), 1, "only the task no service owns: {stops:?}");
+    assert_eq!(stops[0].param("task"), Some(w.task.as_str()));
+    assert!(
+        stops[0]
+            .param("reason")
+            .is_some_and(|r| r.contains("ecs-capacity-agent")),
+        "{stops:?}"
+    );
+    assert_eq!(w.continues(), 0, "the service's task still runs");
+    let mut status = handles.status.clone();
+    until(30, "CONTINUE at the bound", async || w.continues() == 1).await;
+    until(30, "drained, forced", async || {
+        matches!(
+            *status.borrow_and_update(),
+            DrainStatus::Drained { forced: true, .. }
+        )
+    })
+    .await;
+    // The service's task was not touched; nothing more is sent.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(w.proxy.calls_of("CompleteLifecycleAction").len(), 1);
+    assert!(
+        w.proxy
+            .calls_of("StopTask")
+            .iter()
+            .all(|c| c.param("task") != Some(owned.as_str()))
+    );
+    token.cancel();
+    task.await.unwrap();
+}
+
+/// The ECS agent registered the instance again (a new container instance ARN): the cached ARN is
+/// MISSING, which is looked up again instead of failing the drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_instance_registered_again_is_looked_up_again_and_drained() {
+    let w = require!(world().await, "moto");
+    let dir = tempfile::tempdir().unwrap();
+    // The daemon found its ARN before the agent re-registered.
+    let effects = w.effects();
+    assert_eq!(
+        effects.container_instance_arn().await.expect("found"),
+        w.container_instance
+    );
+    w.ecs
+        .deregister_container_instance()
+        .cluster(CLUSTER)
+        .container_instance(&w.container_instance)
+        .force(true)
+        .send()
+        .await
+        .expect("deregister");
+    let registered = w
+        .ecs
+        .register_container_instance()
+        .cluster(CLUSTER)
+        .instance_identity_document(format!(
+            r#"{{"instanceId":"{}","region":"us-east-1"}}"#,
+            w.instance
+        ))
+        .send()
+        .await
+        .expect("register again")
+        .container_instance
+        .and_then(|c| c.container_instance_arn)
+        .expect("new arn");
+    assert_ne!(registered, w.container_instance);
+    let r = start_with(effects, dir.path());
+    r.tx.send(spot_notice()).await.unwrap();
+    let status_of = async |arn: &str| {
+        w.ecs
+            .describe_container_instances()
+            .cluster(CLUSTER)
+            .container_instances(arn)
+            .send()
+            .await
+            .expect("describe")
+            .container_instances
+            .unwrap_or_default()
+            .into_iter()
+            .next()
+            .and_then(|c| c.status)
+            .unwrap_or_default()
+    };
+    until(30, "the new container instance DRAINING", async || {
+        status_of(&registered).await == "DRAINING"
+    })
+    .await;
+    // The new container instance runs nothing: drained, not failed.
+    let status = r.status.borrow().clone();
+    assert!(
+        matches!(
+            status,
+            DrainStatus::Draining { .. } | DrainStatus::Drained { forced: false, .. }
+        ),
+        "{status:?}"
+    );
+    r.token.cancel();
+    r.task.await.unwrap();
+}

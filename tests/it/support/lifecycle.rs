@@ -112,9 +112,16 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
     {
+        // awsJson (ECS): the body's top-level string members are the parameters.
         Some(target) => (
             target.rsplit('.').next().unwrap_or(target).to_string(),
-            Vec::new(),
+            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes)
+                .map(|m| {
+                    m.into_iter()
+                        .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string())))
+                        .collect()
+                })
+                .unwrap_or_default(),
         ),
         None => {
             let params: Vec<(String, String)> = form_urlencoded::parse(&bytes)
