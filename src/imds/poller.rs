@@ -208,6 +208,7 @@ pub async fn poll(
     let mut backoff = Backoff::new(cadence.interval, cadence.backoff_cap);
     let mut failures: u64 = 0;
     let mut last_malformed: Option<String> = None;
+    let mut malformed_warnings = WarnLimit::new(MALFORMED_WARN_EVERY);
     let mut next = Instant::now();
     tracing::debug!(path, interval = ?cadence.interval, "polling IMDS for notices");
     loop {
@@ -248,12 +249,16 @@ pub async fn poll(
             for _ in &parsed.problems {
                 health.error("imds_malformed");
             }
-            // Once per distinct content: a stuck garbage answer is not logged every second.
-            if last_malformed.as_deref() != Some(body.as_str()) {
+            // Once per distinct content, and at most once a minute: neither a stuck garbage answer
+            // nor one that changes at every poll is logged every second.
+            if last_malformed.as_deref() != Some(body.as_str())
+                && let Some(suppressed) = malformed_warnings.allow(Instant::now())
+            {
                 for problem in &parsed.problems {
                     tracing::warn!(
                         path,
                         content = %parse::excerpt(&body),
+                        suppressed,
                         "ignoring malformed IMDS content: {problem}"
                     );
                 }
@@ -275,6 +280,38 @@ pub async fn poll(
     }
 }
 
+/// How often a poller warns of malformed content at most (the health counter counts every one).
+const MALFORMED_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// At most one warning per `every`; counts the ones held back. (Hand-written: the tracing crates
+/// have no rate limit of their own, and this is the whole of it.)
+#[derive(Debug)]
+struct WarnLimit {
+    every: Duration,
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl WarnLimit {
+    fn new(every: Duration) -> WarnLimit {
+        WarnLimit {
+            every,
+            last: None,
+            held_back: 0,
+        }
+    }
+
+    /// `Some(held back since the last one)` when a warning may go out at `now`.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        if self.last.is_some_and(|last| now < last + self.every) {
+            self.held_back += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held_back))
+    }
+}
+
 /// The first failure of a streak is a warning; the rest are debug (the client already says once that
 /// IMDS is unreachable, so that case stays at debug here).
 fn log_failure(path: &str, e: &Error, failures: u64) {
@@ -288,6 +325,19 @@ fn log_failure(path: &str, e: &Error, failures: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn malformed_content_is_warned_of_once_a_minute_with_the_count_held_back() {
+        let mut w = WarnLimit::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert_eq!(w.allow(t0), Some(0));
+        // Four polls a second of ever-different garbage for a minute: held back.
+        for i in 1..240u64 {
+            assert_eq!(w.allow(t0 + Duration::from_millis(250 * i)), None);
+        }
+        assert_eq!(w.allow(t0 + Duration::from_secs(60)), Some(239));
+        assert_eq!(w.allow(t0 + Duration::from_secs(61)), None);
+    }
     use crate::notice::{MaintenanceCode, MaintenanceEvent, MaintenanceState, SpotAction};
 
     fn at(unix: u64) -> SystemTime {
