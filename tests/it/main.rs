@@ -9,6 +9,7 @@ mod daemon;
 mod drain;
 mod drain_state;
 mod ecs_accounting;
+mod fault_matrix;
 mod foundation;
 mod host;
 mod imds;

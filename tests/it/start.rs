@@ -21,14 +21,14 @@ use crate::support::moto::{Moto, run_instance};
 const SPOT: &str = "spot/instance-action";
 
 /// Accepts connections and never answers: every AWS endpoint pointed at it hangs.
-struct Blackhole {
+pub(crate) struct Blackhole {
     addr: SocketAddr,
-    accepted: Arc<AtomicU64>,
+    pub(crate) accepted: Arc<AtomicU64>,
     _held: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl Blackhole {
-    fn start() -> Blackhole {
+    pub(crate) fn start() -> Blackhole {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicU64::new(0));
@@ -47,12 +47,12 @@ impl Blackhole {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -60,7 +60,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     log: PathBuf,
     started: Instant,
@@ -68,7 +68,7 @@ struct Daemon {
 
 impl Daemon {
     /// `extra` is appended to the config (TOML); `env` is the process's AWS environment.
-    fn spawn(
+    pub(crate) fn spawn(
         dir: &Path,
         cluster: &str,
         aws: &str,
@@ -115,7 +115,7 @@ sysfs_root = "{sysfs}"
         }
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -123,12 +123,12 @@ sysfs_root = "{sysfs}"
         kill(Pid::from_raw(self.child.id() as i32), s).unwrap();
     }
 
-    fn running(&mut self) -> bool {
+    pub(crate) fn running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
 
     /// SIGTERM, and the exit must be clean.
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         self.signal(Signal::SIGTERM);
         let exit = self.child.wait().unwrap();
         assert!(
@@ -217,7 +217,7 @@ async fn first_notice_poll_comes_while_every_aws_endpoint_hangs() {
     d.stop();
 }
 
-async fn ecs_status(
+pub(crate) async fn ecs_status(
     ecs: &aws_sdk_ecs::Client,
     cluster: &str,
     arn: &str,
@@ -234,7 +234,7 @@ async fn ecs_status(
 }
 
 /// A cluster in moto with one registered instance; returns (instance id, container-instance ARN).
-async fn registered(sdk: &aws_config::SdkConfig, cluster: &str) -> (String, String) {
+pub(crate) async fn registered(sdk: &aws_config::SdkConfig, cluster: &str) -> (String, String) {
     let ecs = aws_sdk_ecs::Client::new(sdk);
     ecs.create_cluster()
         .cluster_name(cluster)
@@ -267,7 +267,7 @@ async fn becomes_draining(ecs: &aws_sdk_ecs::Client, cluster: &str, arn: &str) -
     .is_some()
 }
 
-async fn healthz(port: u16) -> Option<(u16, String)> {
+pub(crate) async fn healthz(port: u16) -> Option<(u16, String)> {
     let r = reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
         .await
         .ok()?;

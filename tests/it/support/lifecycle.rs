@@ -36,18 +36,30 @@ struct Shared {
     upstream: String,
     client: reqwest::Client,
     calls: Arc<Mutex<Vec<Call>>>,
+    throttles: Arc<Mutex<Vec<Throttle>>>,
+}
+
+/// The next `left` JSON calls of `action` whose body contains `needle` are answered with
+/// ThrottlingException (HTTP 400), as ECS does when a caller exceeds its rate.
+struct Throttle {
+    action: String,
+    needle: String,
+    left: u32,
 }
 
 pub struct LifecycleProxy {
     addr: SocketAddr,
     calls: Arc<Mutex<Vec<Call>>>,
+    throttles: Arc<Mutex<Vec<Throttle>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl LifecycleProxy {
     pub async fn start(upstream: &str) -> LifecycleProxy {
         let calls = Arc::new(Mutex::new(Vec::new()));
+        let throttles = Arc::new(Mutex::new(Vec::new()));
         let shared = Shared {
+            throttles: throttles.clone(),
             upstream: upstream.trim_end_matches('/').to_string(),
             client: reqwest::Client::builder()
                 .no_proxy()
@@ -63,7 +75,22 @@ impl LifecycleProxy {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        LifecycleProxy { addr, calls, task }
+        LifecycleProxy {
+            addr,
+            calls,
+            throttles,
+            task,
+        }
+    }
+
+    /// Throttles the next `times` JSON calls of `action` whose body contains `needle` (e.g. a
+    /// cluster name, so one test's calls are throttled and not another's).
+    pub fn throttle(&self, action: &str, needle: &str, times: u32) {
+        self.throttles.lock().unwrap().push(Throttle {
+            action: action.into(),
+            needle: needle.into(),
+            left: times,
+        });
     }
 
     pub fn url(&self) -> String {
@@ -141,10 +168,29 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
         .push(Call {
             action: action.clone(),
             params,
-            body: text,
+            body: text.clone(),
         });
     if action == "CompleteLifecycleAction" || action == "RecordLifecycleActionHeartbeat" {
         return answer(&action);
+    }
+    let throttled = s.throttles.lock().unwrap().iter_mut().any(|t| {
+        let hit = t.left > 0 && t.action == action && text.contains(&t.needle);
+        if hit {
+            t.left -= 1;
+        }
+        hit
+    });
+    if throttled {
+        let mut r = (
+            StatusCode::BAD_REQUEST,
+            r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#,
+        )
+            .into_response();
+        r.headers_mut().insert(
+            "content-type",
+            HeaderValue::from_static("application/x-amz-json-1.1"),
+        );
+        return r;
     }
     forward(&s, parts.method, &parts.uri, &parts.headers, bytes).await
 }
