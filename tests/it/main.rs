@@ -5,6 +5,7 @@ mod support;
 mod bad_input;
 mod cgroup_real;
 mod cluster;
+mod cluster_invariant;
 mod daemon;
 mod drain;
 mod drain_state;

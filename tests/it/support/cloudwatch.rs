@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 /// One PutMetricData the proxy received: metric names and datum timestamps (epoch seconds).
 #[derive(Debug, Clone)]
 pub struct Put {
+    /// The request's namespace.
+    pub namespace: Option<String>,
     pub metrics: Vec<String>,
     /// Each datum's value, in the order of `metrics`.
     pub values: Vec<f64>,
@@ -250,6 +252,7 @@ async fn handle(
     if op == "PutMetricData" && status == 200 {
         let data = json["MetricData"].as_array().cloned().unwrap_or_default();
         s.puts.lock().unwrap().push(Put {
+            namespace: json["Namespace"].as_str().map(str::to_string),
             metrics: data
                 .iter()
                 .map(|d| d["MetricName"].as_str().unwrap_or("").to_string())

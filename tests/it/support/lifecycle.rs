@@ -37,6 +37,7 @@ struct Shared {
     client: reqwest::Client,
     calls: Arc<Mutex<Vec<Call>>>,
     throttles: Arc<Mutex<Vec<Throttle>>>,
+    registered: Arc<Mutex<Option<(i64, i64)>>>,
 }
 
 /// The next `left` JSON calls of `action` whose body contains `needle` are answered with
@@ -51,6 +52,7 @@ pub struct LifecycleProxy {
     addr: SocketAddr,
     calls: Arc<Mutex<Vec<Call>>>,
     throttles: Arc<Mutex<Vec<Throttle>>>,
+    registered: Arc<Mutex<Option<(i64, i64)>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -58,8 +60,10 @@ impl LifecycleProxy {
     pub async fn start(upstream: &str) -> LifecycleProxy {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let throttles = Arc::new(Mutex::new(Vec::new()));
+        let registered = Arc::new(Mutex::new(None));
         let shared = Shared {
             throttles: throttles.clone(),
+            registered: registered.clone(),
             upstream: upstream.trim_end_matches('/').to_string(),
             client: reqwest::Client::builder()
                 .no_proxy()
@@ -79,8 +83,17 @@ impl LifecycleProxy {
             addr,
             calls,
             throttles,
+            registered,
             task,
         }
+    }
+
+    /// moto registers every container instance with 4096 CPU units and 7482 MiB, whatever the
+    /// instance (it ignores `totalResources`), while ECS registers what the agent on the host
+    /// reports. From now on DescribeContainerInstances answers with `cpu`/`memory` registered and
+    /// the remaining figures moved by the same amount (what moto reserved stays reserved).
+    pub fn register_as(&self, cpu: i64, memory: i64) {
+        *self.registered.lock().unwrap() = Some((cpu, memory));
     }
 
     /// Throttles the next `times` JSON calls of `action` whose body contains `needle` (e.g. a
@@ -192,7 +205,50 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
         );
         return r;
     }
-    forward(&s, parts.method, &parts.uri, &parts.headers, bytes).await
+    let response = forward(&s, parts.method, &parts.uri, &parts.headers, bytes).await;
+    let registered = *s.registered.lock().unwrap();
+    match registered {
+        Some(r) if action == "DescribeContainerInstances" => registered_as(response, r).await,
+        _ => response,
+    }
+}
+
+/// A DescribeContainerInstances answer with the CPU and MEMORY registered as `(cpu, memory)`.
+async fn registered_as(response: Response, (cpu, memory): (i64, i64)) -> Response {
+    let (parts, body) = response.into_parts();
+    let bytes = to_bytes(body, 16 * 1024 * 1024).await.unwrap_or_default();
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    let value = |list: &serde_json::Value, name: &str| {
+        list.as_array()?
+            .iter()
+            .find(|r| r["name"] == name)?
+            .get("integerValue")?
+            .as_i64()
+    };
+    for ci in v["containerInstances"].as_array_mut().into_iter().flatten() {
+        for (name, want) in [("CPU", cpu), ("MEMORY", memory)] {
+            let Some(had) = value(&ci["registeredResources"], name) else {
+                continue;
+            };
+            let delta = want - had;
+            for (key, add) in [
+                ("registeredResources", delta),
+                ("remainingResources", delta),
+            ] {
+                if let Some(list) = ci[key].as_array_mut()
+                    && let Some(r) = list.iter_mut().find(|r| r["name"] == name)
+                    && let Some(n) = r["integerValue"].as_i64()
+                {
+                    r["integerValue"] = serde_json::json!(n + add);
+                }
+            }
+        }
+    }
+    let mut parts = parts;
+    parts.headers.remove("content-length");
+    Response::from_parts(parts, Body::from(serde_json::to_vec(&v).unwrap()))
 }
 
 async fn forward(
