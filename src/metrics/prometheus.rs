@@ -226,7 +226,27 @@ pub fn render_figures(out: &mut String, f: &super::HostFigures) {
             ),
         );
     }
+    for (name, help, v) in [
+        (
+            CPU_RESERVED_DIFFERENCE,
+            "CPU units reserved here as this host counts them, less as ECS counts them (last reconciliation).",
+            f.cpu_reserved_difference,
+        ),
+        (
+            MEMORY_RESERVED_DIFFERENCE,
+            "Memory (MiB) reserved here as this host counts it, less as ECS counts it (last reconciliation).",
+            f.memory_reserved_difference,
+        ),
+    ] {
+        if let Some(v) = v {
+            write_family(out, &gauge(name, help, v as f64));
+        }
+    }
 }
+
+/// The Prometheus-only gauges of local − ECS reserved CPU and memory.
+pub const CPU_RESERVED_DIFFERENCE: &str = "ecs_capacity_cpu_reserved_difference_units";
+pub const MEMORY_RESERVED_DIFFERENCE: &str = "ecs_capacity_memory_reserved_difference_mib";
 
 /// The Prometheus-only gauge of this instance's scale-in protection.
 pub const SCALE_IN_PROTECTED: &str = "ecs_capacity_scale_in_protected";
@@ -243,6 +263,51 @@ mod figures_tests {
 
     use super::*;
     use crate::metrics::HostFigures;
+
+    /// Every family the exposition can hold is in the README's Prometheus table.
+    #[test]
+    fn the_readme_names_every_prometheus_family() {
+        let readme = include_str!("../../README.md");
+        let f = HostFigures {
+            at: SystemTime::now(),
+            cluster: "prod".into(),
+            instance_id: "i-1".into(),
+            autoscaling_group: None,
+            spare_tasks: Some(3),
+            spare_tasks_by_resource: BTreeMap::from([("cpu", 3)]),
+            idle_fraction: Some(0.5),
+            idle_fraction_by_resource: BTreeMap::from([("cpu", 0.5)]),
+            cpu_reserved_pct: Some(25.0),
+            memory_reserved_pct: Some(25.0),
+            cpu_used_pct: Some(1.0),
+            memory_used_pct: Some(1.0),
+            eni_attached: Some(1),
+            eni_limit: Some(3),
+            running_tasks: 2,
+            draining: false,
+            placeable: Some(true),
+            cpu_reserved_difference: Some(0),
+            memory_reserved_difference: Some(0),
+            removable: Some(true),
+            scale_in_protected: Some(false),
+        };
+        let mut out = String::new();
+        render_figures(&mut out, &f);
+        let health = crate::health::Health::default();
+        health.error("observation");
+        out.push_str(&render(None, &health));
+        let families: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert!(families.len() > 20, "{families:?}");
+        let missing: Vec<&&str> = families
+            .iter()
+            .filter(|name| !readme.contains(&format!("`{name}`")))
+            .collect();
+        assert!(missing.is_empty(), "not in the README: {missing:?}");
+    }
 
     #[test]
     fn figures_render_as_gauges_with_resource_labels_and_unknowns_left_out() {
@@ -264,14 +329,17 @@ mod figures_tests {
             running_tasks: 2,
             draining: true,
             placeable: None,
-            cpu_reserved_difference: None,
-            memory_reserved_difference: None,
+            cpu_reserved_difference: Some(-256),
+            memory_reserved_difference: Some(0),
             removable: Some(false),
             scale_in_protected: Some(true),
         };
         let mut out = String::new();
         render_figures(&mut out, &f);
         for line in [
+            "# TYPE ecs_capacity_cpu_reserved_difference_units gauge",
+            "ecs_capacity_cpu_reserved_difference_units -256",
+            "ecs_capacity_memory_reserved_difference_mib 0",
             "# TYPE ecs_capacity_spare_tasks gauge",
             "ecs_capacity_spare_tasks 3",
             "# TYPE ecs_capacity_spare_tasks_by_resource gauge",
