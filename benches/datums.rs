@@ -49,7 +49,7 @@ fn host(i: usize) -> HostFigures {
         memory_used_pct: Some(4.0),
         eni_attached: Some(2),
         eni_limit: Some(4),
-        running_tasks: 5,
+        running_tasks: Some(5),
         draining: false,
         placeable: None,
         cpu_reserved_difference: None,

@@ -866,7 +866,9 @@ fn figures_of(
         memory_used_bytes: s.usage.as_ref().and_then(|u| u.working_set_bytes),
         eni_attached: s.eni.attached,
         eni_limit: s.eni.limit,
-        running_tasks: u32::try_from(s.tasks.len()).unwrap_or(u32::MAX),
+        running_tasks: s
+            .tasks_known
+            .then(|| u32::try_from(s.tasks.len()).unwrap_or(u32::MAX)),
         draining: report.drain.as_ref().is_some_and(DrainStatus::is_draining),
         placeable: report.placement.placeable,
         capacity_unknown: report.capacity_unknown.clone(),

@@ -35,7 +35,8 @@ pub struct HostFigures {
     pub memory_used_pct: Option<f64>,
     pub eni_attached: Option<u32>,
     pub eni_limit: Option<u32>,
-    pub running_tasks: u32,
+    /// `None` before Docker's first listing (never a guessed 0).
+    pub running_tasks: Option<u32>,
     pub draining: bool,
     /// Whether ECS would place a task here (`None`: cannot be told, AWS off). A host that is not
     /// placeable offers no room: spare tasks 0, idle fraction 0.
@@ -66,7 +67,8 @@ pub struct HostFacts {
     pub memory_used_bytes: Option<u64>,
     pub eni_attached: Option<u32>,
     pub eni_limit: Option<u32>,
-    pub running_tasks: u32,
+    /// `None` before Docker's first listing (never a guessed 0).
+    pub running_tasks: Option<u32>,
     pub draining: bool,
     pub placeable: Option<bool>,
     /// Why the capacity figures are not known: then none is published.
@@ -209,7 +211,7 @@ impl HostFigures {
             "MemoryUtilization" => self.memory_used_pct,
             "ENIsAttached" => self.eni_attached.map(f64::from),
             "ENILimit" => self.eni_limit.map(f64::from),
-            "RunningTasks" => Some(f64::from(self.running_tasks)),
+            "RunningTasks" => self.running_tasks.map(f64::from),
             "Draining" => Some(if self.draining { 1.0 } else { 0.0 }),
             "Placeable" => self.placeable.map(|p| if p { 1.0 } else { 0.0 }),
             "RemovableHosts" => self.removable.map(|r| if r { 1.0 } else { 0.0 }),
@@ -272,6 +274,11 @@ impl HostFigures {
         };
         let cpu = &capacity.per_resource.cpu;
         let memory = &capacity.per_resource.memory;
+        // Neither Docker listed nor ECS answered: what is reserved is not known, not 0.
+        let reserved_known = known || facts.running_tasks.is_some();
+        let reserved_pct = |reserved: u64, registered: u64| {
+            pct(reserved as f64, registered as f64).filter(|_| reserved_known)
+        };
         HostFigures {
             at: facts.at,
             cluster: facts.cluster,
@@ -281,8 +288,8 @@ impl HostFigures {
             spare_tasks_by_resource,
             idle_fraction,
             idle_fraction_by_resource,
-            cpu_reserved_pct: pct(cpu.reserved as f64, cpu.registered as f64),
-            memory_reserved_pct: pct(memory.reserved as f64, memory.registered as f64),
+            cpu_reserved_pct: reserved_pct(cpu.reserved, cpu.registered),
+            memory_reserved_pct: reserved_pct(memory.reserved, memory.registered),
             cpu_used_pct: facts
                 .cpu_used_cores
                 .and_then(|cores| pct(cores * 1024.0, cpu.registered as f64)),

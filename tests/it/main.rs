@@ -11,6 +11,7 @@ mod drain;
 mod drain_state;
 mod ecs_accounting;
 mod fault_matrix;
+mod first_report;
 mod foundation;
 mod host;
 mod imds;

@@ -55,7 +55,7 @@ fn figures(host: &capacity::HostCapacity, running_tasks: u32) -> HostFigures {
             memory_used_bytes: Some(512 * 1024 * 1024),
             eni_attached: Some(1),
             eni_limit: Some(3),
-            running_tasks,
+            running_tasks: Some(running_tasks),
             draining: false,
             placeable: Some(true),
             capacity_unknown: None,

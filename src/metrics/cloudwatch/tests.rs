@@ -31,7 +31,7 @@ fn figures() -> HostFigures {
         memory_used_pct: None,
         eni_attached: Some(2),
         eni_limit: Some(4),
-        running_tasks: 5,
+        running_tasks: Some(5),
         draining: false,
         placeable: None,
         cpu_reserved_difference: None,
