@@ -238,13 +238,11 @@ async fn run_case(w: &World, n: usize, fault: Fault, trigger: Trigger) -> Result
         clear_imds_fault(&imds);
     }
     if fault == Fault::RegisteredAgain {
-        // After the daemon looked its container instance up, the agent registers it again.
-        let needle = format!("\"{cluster}\"");
+        // After the drain looked its container instance up (and cached its ARN), the agent
+        // registers it again.
         let looked_up = eventually(Duration::from_secs(30), || async {
-            w.proxy
-                .calls_of("DescribeContainerInstances")
-                .iter()
-                .any(|c| c.body.contains(&needle))
+            d.logs()
+                .contains("found this instance in ECS")
                 .then_some(())
         })
         .await;
