@@ -299,6 +299,14 @@ pub async fn run(loaded: Loaded, shutdown: impl Future<Output = ()>) -> Result<(
         token,
         tracker,
     } = ctx.clone();
+    // systemd's watchdog is fed only while the observe loop, the notice pollers and the drain
+    // runner all turn (each registers as it starts).
+    tracker.spawn(crate::liveness::watch(
+        health.clone(),
+        crate::systemd::watchdog_interval(),
+        crate::systemd::notify_watchdog,
+        token.clone(),
+    ));
     // The one value every observation publishes; the sinks and the drain read it.
     let (observed_tx, observed) = watch::channel::<Option<Arc<Observation>>>(None);
     // The drain's handles, once its runner has what it needs to act (the instance id).
@@ -721,10 +729,11 @@ async fn observe_loop(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stdout = cfg.sinks.enabled.contains(&SinkKind::Stdout);
     let mut changes = observer.changes();
-    // systemd: WATCHDOG=1 from this loop (a wedged observation stops it), READY=1 after the first
-    // successful observation.
-    let watchdog = crate::systemd::watchdog_interval();
-    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    // systemd: READY=1 after the first successful observation; the watchdog is fed while this
+    // loop (among others) turns at least every two intervals and a minute.
+    let beat = health
+        .liveness()
+        .register("the observe loop", cfg.agent.interval * 2 + OBSERVE_SLACK);
     let mut ready = false;
     let mut agreement = ecs::Agreement::default();
     let mut last_ok: Option<Arc<EcsReading>> = None;
@@ -732,10 +741,6 @@ async fn observe_loop(
         // A task that starts or stops is a material change: observe (and publish) at once.
         let material = tokio::select! {
             _ = token.cancelled() => return,
-            _ = watchdog_tick.tick(), if watchdog.is_some() => {
-                crate::systemd::notify_watchdog();
-                continue;
-            }
             _ = ticker.tick() => false,
             r = changes.changed() => {
                 if r.is_err() {
@@ -757,6 +762,7 @@ async fn observe_loop(
             Ok(()) = ecs_parts.reading.changed() => true,
             Ok(()) = ecs_parts.shapes.changed() => false,
         };
+        beat.beat();
         let reading = ecs_parts.reading.borrow_and_update().clone();
         let error = match reading.as_deref().map(|r| &r.instance) {
             Some(Err(e)) => Some(e.clone()),
@@ -835,6 +841,10 @@ async fn observe_loop(
         }
     }
 }
+
+/// What one observation may take beyond the loop's own cadence before the loop counts as
+/// stalled (the Docker, ECS agent and IMDS requests in it have their own timeouts, far below).
+const OBSERVE_SLACK: Duration = Duration::from_secs(60);
 
 /// Resolves when the drain status changes; never without a drain (or once its runner is gone).
 async fn drain_changed(drain: Option<&mut watch::Receiver<DrainStatus>>) -> Option<()> {

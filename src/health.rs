@@ -5,6 +5,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::liveness::Liveness;
+
 #[derive(Debug, Default)]
 pub struct Health {
     last_observation_unix: AtomicU64,
@@ -15,6 +17,8 @@ pub struct Health {
     errors: Mutex<BTreeMap<&'static str, u64>>,
     /// Conditions that make the daemon unhealthy until cleared, by kind, with the reason.
     faults: Mutex<BTreeMap<&'static str, String>>,
+    /// The vital loops and when each last turned (what the systemd watchdog is fed on).
+    liveness: Liveness,
 }
 
 fn unix_now() -> u64 {
@@ -38,6 +42,11 @@ impl Health {
     pub fn imds_poll_latency(&self, d: Duration) {
         self.imds_poll_micros
             .store(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The vital loops' registry ([`crate::liveness`]).
+    pub fn liveness(&self) -> &Liveness {
+        &self.liveness
     }
 
     /// Counts an error by kind (a short static name such as "cloudwatch_throttled").

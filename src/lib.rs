@@ -19,6 +19,7 @@ pub mod health;
 pub mod host;
 pub mod imds;
 pub mod instance_id;
+pub mod liveness;
 pub mod logging;
 pub mod metrics;
 pub mod notice;

@@ -1,5 +1,5 @@
 //! systemd service notifications (`Type=notify`): READY=1 once the host has been observed,
-//! WATCHDOG=1 from the observe loop, STOPPING=1 on shutdown.
+//! WATCHDOG=1 while every vital loop turns ([`crate::liveness`]), STOPPING=1 on shutdown.
 //!
 //! Outside systemd (`NOTIFY_SOCKET` unset) every call does nothing. A failed send is logged and
 //! otherwise ignored: the daemon's work does not depend on the service manager hearing from it.

@@ -32,6 +32,7 @@ pub use state::{Degraded, StateError, Store};
 
 use crate::config::StopRemaining;
 use crate::health::Health;
+use crate::liveness::Beat;
 use crate::notice::Notice;
 
 /// What the drain does on AWS. Implemented by `AwsEffects`; tests substitute their own.
@@ -292,7 +293,13 @@ pub struct Runner {
     commands: Option<mpsc::Receiver<Request>>,
     /// The boot this process runs in (`with_boot_id`).
     boot_id: Option<String>,
+    /// Registered by `run`: beats at every turn and after every effect.
+    beat: Option<Beat>,
 }
+
+/// How long the runner may go without a turn beyond two check intervals before it counts as
+/// stalled: a step's AWS calls (30 s each at most, several per step) fit well inside.
+const RUNNER_SLACK: Duration = Duration::from_secs(300);
 
 impl Runner {
     pub fn new(
@@ -312,6 +319,7 @@ impl Runner {
             status,
             commands: Some(commands),
             boot_id: None,
+            beat: None,
         };
         (
             runner,
@@ -332,7 +340,16 @@ impl Runner {
     /// Runs until `token` is cancelled. Resumes whatever drain the state directory holds. A state
     /// directory that does not work (reported by the store) does not keep it from draining.
     pub async fn run(mut self, notices: mpsc::Receiver<Notice>, token: CancellationToken) {
-        if let Err(e) = self.store.prepare() {
+        let beat = self.health.liveness().register(
+            "the drain runner",
+            self.settings.check_interval * 2 + RUNNER_SLACK,
+        );
+        self.beat = Some(beat.clone());
+        let store = self.store.clone();
+        let prepared = tokio::task::spawn_blocking(move || store.prepare())
+            .await
+            .unwrap_or_else(|_| self.store.prepare());
+        if let Err(e) = prepared {
             tracing::error!(error = %e, "the drain state directory does not work: draining from memory until it does");
         }
         if let Some(boot_id) = self.boot_id.clone() {
@@ -344,6 +361,7 @@ impl Runner {
         let mut ticker = tokio::time::interval(self.settings.check_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            beat.beat();
             tokio::select! {
                 biased;
                 _ = token.cancelled() => return,
@@ -401,15 +419,7 @@ impl Runner {
         let mut performed = Vec::new();
         let mut queue = VecDeque::from([input]);
         while let Some(input) = queue.pop_front() {
-            let now = SystemTime::now();
-            let stepped = self.store.update(|state| {
-                let (next, effects) = machine::step(state, input, now, &self.settings);
-                *state = next;
-                (DrainStatus::from_state(state), effects)
-            });
-            let (status, effects) = match stepped {
-                Ok(v) | Err(Degraded { value: v, .. }) => v,
-            };
+            let (status, effects) = self.step(input).await;
             self.status.send_replace(status);
             for effect in effects {
                 if effect == Effect::SetDraining
@@ -421,9 +431,36 @@ impl Runner {
                     performed.push(done.clone());
                     queue.push_back(Input::Done(done));
                 }
+                if let Some(beat) = &self.beat {
+                    beat.beat();
+                }
             }
         }
         performed
+    }
+
+    /// One step of the machine, read, changed and written under the store's lock on a blocking
+    /// thread: waiting for the lock (bounded by the store) and the fsyncs never hold up the async
+    /// workers the notice pollers run on. A write that hangs for good (a dead disk) stalls the
+    /// runner; its liveness beat stops and the watchdog has systemd restart the daemon.
+    async fn step(&self, input: Input) -> (DrainStatus, Vec<Effect>) {
+        let step = |store: &Store, settings: &Settings, input: Input| {
+            let now = SystemTime::now();
+            match store.update(|state| {
+                let (next, effects) = machine::step(state, input, now, settings);
+                *state = next;
+                (DrainStatus::from_state(state), effects)
+            }) {
+                Ok(v) | Err(Degraded { value: v, .. }) => v,
+            }
+        };
+        let (store, settings, kept) = (self.store.clone(), self.settings.clone(), input.clone());
+        match tokio::task::spawn_blocking(move || step(&store, &settings, input)).await {
+            Ok(v) => v,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime is shutting down and runs no more blocking work: step here.
+            Err(_) => step(&self.store, &self.settings, kept),
+        }
     }
 
     /// Whether the container instance is DRAINING before the drain sets it, asked only while the
@@ -555,16 +592,6 @@ pub fn read_boot_id(path: &Path) -> Option<String> {
             None
         }
     }
-}
-
-/// Whether systemd is taking the system down (`systemctl is-system-running` prints `stopping`), as
-/// opposed to only this service being stopped or restarted.
-pub fn system_is_stopping() -> bool {
-    std::process::Command::new("systemctl")
-        .arg("is-system-running")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "stopping")
-        .unwrap_or(false)
 }
 
 /// `drain.drain_on_shutdown`: called by the daemon on SIGTERM. When `is_stopping()` says the system

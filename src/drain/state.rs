@@ -4,7 +4,9 @@
 //!
 //! Two processes write it: the daemon and the `drain` / `activate` commands. Every read-modify-write
 //! holds an exclusive `flock` on `<state_dir>/drain.lock` for its duration (milliseconds), so each
-//! step of the machine sees the other process's last write. The lock is never held across an AWS call.
+//! step of the machine sees the other process's last write. The lock is never held across an AWS call,
+//! and never waited for longer than two seconds: a `drain` command stopped while holding it (^Z)
+//! does not wedge the daemon, whose step then goes on without the lock (reported as `Degraded`).
 //!
 //! Storing the state never stops the drain. A step whose state cannot be written (full disk, a
 //! read-only or broken directory, an unusable lock file) still happens: [`Store::update`] returns it
@@ -27,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg, OFlag};
 use rand::RngExt as _;
 use serde::{Deserialize, Serialize};
@@ -50,6 +53,10 @@ const FAULT_DIR: &str = "state_dir";
 /// someone looks at what was set aside.
 const FAULT_CORRUPT: &str = "drain_state_corrupt";
 /// While writes keep failing, the ERROR line repeats at most this often.
+/// How long an update waits for another process's lock before it goes on without it, and how
+/// often it tries meanwhile. A step holds the lock for milliseconds.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+const LOCK_POLL: Duration = Duration::from_millis(10);
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +78,8 @@ pub enum StateError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{path} is locked by another process (a `drain` or `activate` command?) for more than {}s: going on without the lock", waited.as_secs())]
+    LockHeld { path: PathBuf, waited: Duration },
     #[error("cannot read drain state {path}: {source}")]
     Read {
         path: PathBuf,
@@ -376,10 +385,31 @@ impl Store {
                 path: path.clone(),
                 source,
             })?;
-        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| StateError::Lock {
-            path,
-            source: errno.into(),
-        })
+        // Never wait for good: a `drain` command stopped (^Z) while it holds the lock would wedge
+        // the runner. After LOCK_WAIT the update goes on without the lock (`Degraded`).
+        let deadline = Instant::now() + LOCK_WAIT;
+        let mut file = file;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(lock),
+                Err((f, Errno::EWOULDBLOCK | Errno::EINTR)) if Instant::now() < deadline => {
+                    file = f;
+                    std::thread::sleep(LOCK_POLL);
+                }
+                Err((_, Errno::EWOULDBLOCK)) => {
+                    return Err(StateError::LockHeld {
+                        path,
+                        waited: LOCK_WAIT,
+                    });
+                }
+                Err((_, errno)) => {
+                    return Err(StateError::Lock {
+                        path,
+                        source: errno.into(),
+                    });
+                }
+            }
+        }
     }
 
     fn memory(&self) -> MutexGuard<'_, Memory> {

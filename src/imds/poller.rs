@@ -210,12 +210,19 @@ pub async fn poll(
     let mut last_malformed: Option<String> = None;
     let mut malformed_warnings = WarnLimit::new(MALFORMED_WARN_EVERY);
     let mut next = Instant::now();
+    // Each poll is bounded by imds.timeout (at most the interval) and the wait by the backoff cap;
+    // a poller silent far beyond both (or stuck handing a notice to a wedged runner) is stalled.
+    let beat = health.liveness().register(
+        format!("the IMDS poller of {path}"),
+        cadence.backoff_cap * 2 + POLLER_SLACK,
+    );
     tracing::debug!(path, interval = ?cadence.interval, "polling IMDS for notices");
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
             _ = tokio::time::sleep_until(next) => {}
         }
+        beat.beat();
         let started = Instant::now();
         let result = tokio::select! {
             _ = token.cancelled() => return,
@@ -279,6 +286,9 @@ pub async fn poll(
         }
     }
 }
+
+/// How long a poller may stay silent beyond twice its backoff cap before it counts as stalled.
+const POLLER_SLACK: Duration = Duration::from_secs(60);
 
 /// How often a poller warns of malformed content at most (the health counter counts every one).
 const MALFORMED_WARN_EVERY: Duration = Duration::from_secs(60);

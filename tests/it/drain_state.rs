@@ -71,7 +71,7 @@ async fn a_broken_state_directory_still_drains_and_reports_unhealthy() {
 
     type Break = fn(&Path);
     // (what, how the state directory is broken before start, what /healthz must name)
-    let cases: [(&str, Break, &[&str]); 4] = [
+    let cases: [(&str, Break, &[&str]); 5] = [
         (
             "drain.json is a directory",
             |d| std::fs::create_dir_all(d.join("drain.json/inside")).unwrap(),
@@ -90,6 +90,19 @@ async fn a_broken_state_directory_still_drains_and_reports_unhealthy() {
             "drain.lock cannot be opened",
             |d| std::fs::create_dir_all(d.join("drain.lock")).unwrap(),
             &["drain_state:", "cannot lock", "drain.lock"],
+        ),
+        (
+            "drain.lock is held by a stopped drain command",
+            // As a `drain` command stopped with ^Z while it holds the lock would: this test process
+            // holds it (flock conflicts across open files) until it ends.
+            |d| {
+                let file = std::fs::File::create(d.join("drain.lock")).unwrap();
+                let held = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+                    .map_err(|(_, e)| e)
+                    .unwrap();
+                std::mem::forget(held);
+            },
+            &["drain_state:", "locked by another process", "drain.lock"],
         ),
         (
             "nothing can be written",

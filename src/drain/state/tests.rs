@@ -400,3 +400,54 @@ fn concurrent_writers_do_not_lose_updates() {
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(store.load().unwrap().handled.len(), 100);
 }
+
+/// A `drain` command stopped while it holds the lock does not wedge the daemon: an update waits a
+/// bounded time, then steps and writes without the lock, and says so.
+#[test]
+fn a_lock_held_by_another_process_is_waited_for_a_bounded_time_then_gone_around() {
+    let dir = tempfile::tempdir().unwrap();
+    let health = Arc::new(Health::default());
+    let store = Store::new(dir.path()).with_health(health.clone());
+    store.prepare().unwrap();
+    // flock conflicts across open files, as it would with the other process's.
+    let other = File::create(dir.path().join(LOCK_FILE)).unwrap();
+    let held = Flock::lock(other, FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap();
+
+    let started = Instant::now();
+    let stepped = store.update(|s| {
+        s.handled.insert("spot:1".into());
+    });
+    let waited = started.elapsed();
+    let Err(Degraded { error, .. }) = stepped else {
+        panic!("{stepped:?}");
+    };
+    assert!(matches!(error, StateError::LockHeld { .. }), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("drain.lock is locked by another process"),
+        "{error}"
+    );
+    // Waited for the lock, not forever (the figure is not a speed target: only that it ended).
+    assert!(waited >= LOCK_WAIT, "{waited:?}");
+    assert!(health.faults().contains_key(FAULT_STATE));
+    // The step was written all the same: a reader sees it.
+    assert!(
+        read(&store.path())
+            .unwrap()
+            .unwrap()
+            .handled
+            .contains("spot:1")
+    );
+
+    // Once the other process lets go, updates take the lock again and the fault clears.
+    drop(held);
+    store
+        .update(|s| {
+            s.handled.insert("spot:2".into());
+        })
+        .unwrap();
+    assert!(!health.faults().contains_key(FAULT_STATE));
+}
