@@ -15,8 +15,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
+use crate::host::Registered;
+use crate::metrics::HostFigures;
 use crate::observation::Observation;
-use crate::status::HostStatus;
 
 #[derive(Clone)]
 struct Shared {
@@ -58,7 +59,13 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        render(observed.as_ref().map(|o| &o.status), &s.health),
+        render(
+            observed.as_ref().map(|o| Exposed {
+                figures: o.status.figures.as_ref(),
+                registered: &o.status.snapshot.registered,
+            }),
+            &s.health,
+        ),
     )
 }
 
@@ -104,14 +111,25 @@ fn gauge<'a>(name: &'a str, help: &'a str, v: f64) -> Family<'a> {
     }
 }
 
-/// The whole exposition: the host's figures (when observed) and the daemon's own health.
-pub fn render(report: Option<&HostStatus>, health: &Health) -> String {
+/// What the exposition shows of the host once it has been observed: the figures it publishes and
+/// what it registers with ECS.
+#[derive(Debug, Clone, Copy)]
+pub struct Exposed<'a> {
+    pub figures: Option<&'a HostFigures>,
+    pub registered: &'a Registered,
+}
+
+/// The whole exposition: the host's figures and registration (when observed) and the daemon's own
+/// health.
+pub fn render(host: Option<Exposed<'_>>, health: &Health) -> String {
     let mut out = String::new();
-    if let Some(f) = report.and_then(|r| r.figures.as_ref()) {
+    if let Some(f) = host.and_then(|h| h.figures) {
         render_figures(&mut out, f);
     }
-    if let Some(r) = report {
-        let reg = &r.snapshot.registered;
+    if let Some(Exposed {
+        registered: reg, ..
+    }) = host
+    {
         write_family(
             &mut out,
             &gauge(
@@ -192,7 +210,7 @@ pub fn render(report: Option<&HostStatus>, health: &Health) -> String {
 /// `<name>_by_resource` with a `resource` label: one label set per family, so `sum()` over a family
 /// never adds a total to its parts. Unknown figures are left out. [`render`] puts them first when the
 /// daemon has them.
-pub fn render_figures(out: &mut String, f: &super::HostFigures) {
+pub fn render_figures(out: &mut String, f: &HostFigures) {
     for m in super::figures::METRICS.iter() {
         if let Some(v) = f.value(m.name) {
             write_family(out, &gauge(m.prometheus, m.help, v));
@@ -262,7 +280,6 @@ mod figures_tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::metrics::HostFigures;
 
     /// Every family the exposition can hold is in the README's Prometheus table.
     #[test]
