@@ -87,6 +87,23 @@ source "amazon-ebs" "ecs_al2023" {
 build {
   sources = ["source.amazon-ebs.ecs_al2023"]
 
+  # The builder instance runs with IMDSv2 required and a hop limit of 1, as the README asks of every
+  # instance, before anything is provisioned. Debian's Packer 1.6.6 (what this repository validates
+  # with) has no `metadata_options`, so the build machine sets them with the AWS CLI and Packer's
+  # own credentials (ec2:ModifyInstanceMetadataOptions), and the instance then proves it: a request
+  # without a token must be refused (401).
+  provisioner "shell-local" {
+    inline = [
+      "aws ec2 modify-instance-metadata-options --region ${var.region} --instance-id ${build.ID} --http-endpoint enabled --http-tokens required --http-put-response-hop-limit 1 --output text",
+    ]
+  }
+
+  provisioner "shell" {
+    inline = [
+      "for i in $(seq 1 30); do code=$(curl -s -o /dev/null -w '%%{http_code}' http://169.254.169.254/latest/meta-data/instance-id); [ \"$code\" = 401 ] && exit 0; sleep 2; done; echo \"IMDS answered a request without a token ($code): the builder does not require IMDSv2\" >&2; exit 1",
+    ]
+  }
+
   provisioner "shell" {
     inline = ["mkdir -p ${local.staging}/root"]
   }

@@ -17,6 +17,9 @@ AL2023_GLIBC=2.34
 
 die() { echo "build-ami: $*" >&2; exit 1; }
 command -v packer >/dev/null || die "packer not found (apt-get install packer, or https://developer.hashicorp.com/packer/install)"
+# The template requires IMDSv2 on the builder instance with the AWS CLI (Packer 1.6 has no
+# metadata_options).
+command -v aws >/dev/null || die "aws (the AWS CLI) not found: the build sets the builder instance's metadata options with it"
 
 if [ ! -x "$BIN" ]; then
   [ "$BIN" = target/release/ecs-capacity-agent ] || die "BIN=$BIN is not an executable"

@@ -23,6 +23,14 @@ packer fmt -check packer/ || { echo "check-ship: run \`packer fmt packer/\`" >&2
 echo "check-ship: packer validate packer/" >&2
 (cd packer && AWS_EC2_METADATA_DISABLED=true packer validate -var agent_version=0.0.0-ci \
   -var "install_root=$tmp/root" -var install_script=../scripts/install.sh .)
+# The builder instance must run with IMDSv2 required and hop limit 1, and prove it, before any
+# other provisioner.
+first=$(grep -n 'provisioner "' packer/ecs-capacity-agent.pkr.hcl | head -1)
+case "$first" in *'"shell-local"'*) ;; *) echo "check-ship: the first provisioner must set the builder's metadata options" >&2; exit 1 ;; esac
+for want in 'modify-instance-metadata-options' '--http-tokens required' '--http-put-response-hop-limit 1' '= 401'; do
+  grep -qF -- "$want" packer/ecs-capacity-agent.pkr.hcl ||
+    { echo "check-ship: packer/ecs-capacity-agent.pkr.hcl lacks $want" >&2; exit 1; }
+done
 
 echo "check-ship: systemd-analyze verify ecs-capacity-agent.service" >&2
 # --recursive-errors=no: docker.service and ecs.service exist on the AMI, not necessarily here.
