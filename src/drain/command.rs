@@ -55,13 +55,27 @@ async fn runner(cfg: &Config, instance_id: InstanceId) -> Result<Runner, Error> 
     Ok(runner)
 }
 
-fn failures(done: &[Done]) -> Vec<String> {
-    done.iter()
-        .filter_map(|d| match d {
-            Done::SetDraining(Err(f)) | Done::SetActive(Err(f)) => Some(f.message.clone()),
-            _ => None,
-        })
-        .collect()
+/// Applies `command` with a runner of its own over the daemon's state; fails with the first ECS
+/// call that did not go through (`cannot <verb>: …`). Returns the runner and the status after.
+async fn apply(
+    cfg: &Config,
+    instance_id: InstanceId,
+    command: Command,
+    verb: &str,
+) -> Result<(Runner, DrainStatus), Error> {
+    let runner = runner(cfg, instance_id).await?;
+    let done = runner.apply(Input::Command(command)).await;
+    let failed = done.iter().find_map(|d| match d {
+        Done::SetDraining(Err(f)) | Done::SetActive(Err(f)) => Some(f.message.clone()),
+        _ => None,
+    });
+    if let Some(e) = failed {
+        return Err(Error::Unavailable(format!("cannot {verb}: {e}")));
+    }
+    let status = runner
+        .status()
+        .map_err(|e| Error::Unavailable(e.to_string()))?;
+    Ok((runner, status))
 }
 
 /// Sets this instance DRAINING; with `wait`, follows its tasks until they are gone or `timeout`.
@@ -71,14 +85,7 @@ pub async fn drain(
     wait: bool,
     timeout: Option<Duration>,
 ) -> Result<DrainStatus, Error> {
-    let runner = runner(cfg, instance_id).await?;
-    let done = runner.apply(Input::Command(Command::Drain)).await;
-    if let Some(e) = failures(&done).into_iter().next() {
-        return Err(Error::Unavailable(format!("cannot drain: {e}")));
-    }
-    let status = runner
-        .status()
-        .map_err(|e| Error::Unavailable(e.to_string()))?;
+    let (runner, status) = apply(cfg, instance_id, Command::Drain, "drain").await?;
     if let DrainStatus::Failed { error, .. } = &status {
         return Err(Error::Unavailable(format!("drain failed: {error}")));
     }
@@ -127,14 +134,7 @@ pub async fn drain(
 
 /// Returns this instance to ACTIVE.
 pub async fn activate(cfg: &Config, instance_id: InstanceId) -> Result<DrainStatus, Error> {
-    let runner = runner(cfg, instance_id).await?;
-    let done = runner.apply(Input::Command(Command::Activate)).await;
-    if let Some(e) = failures(&done).into_iter().next() {
-        return Err(Error::Unavailable(format!("cannot activate: {e}")));
-    }
-    let status = runner
-        .status()
-        .map_err(|e| Error::Unavailable(e.to_string()))?;
+    let (_, status) = apply(cfg, instance_id, Command::Activate, "activate").await?;
     if status.is_draining() {
         return Err(Error::Unavailable(format!(
             "not activated: {}",
