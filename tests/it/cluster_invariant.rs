@@ -195,17 +195,8 @@ fn sums(cw: &CloudWatchProxy, namespace: &str, metric: &str) -> BTreeMap<i64, (u
 }
 
 async fn register(peers: &Peers, cluster: &str, instance: &str) -> String {
-    aws_sdk_ecs::Client::new(&peers.sdk)
-        .register_container_instance()
-        .cluster(cluster)
-        .instance_identity_document(format!(
-            r#"{{"instanceId":"{instance}","region":"us-east-1"}}"#
-        ))
-        .send()
+    crate::support::moto::register(&aws_sdk_ecs::Client::new(&peers.sdk), cluster, instance)
         .await
-        .unwrap()
-        .container_instance
-        .and_then(|c| c.container_instance_arn)
         .unwrap()
 }
 

@@ -8,7 +8,7 @@ use aws_sdk_ecs::types::ContainerInstanceStatus;
 
 use crate::require;
 use crate::support::imds::FakeImds;
-use crate::support::moto::{Moto, run_instance};
+use crate::support::moto::{Moto, run_and_register};
 
 const CLUSTER: &str = "daemon-test";
 
@@ -34,21 +34,7 @@ async fn spot_notice_in_imds_drains_this_instance_through_the_running_daemon() {
         .send()
         .await
         .unwrap();
-    // moto registers only instances its EC2 knows.
-    let instance = run_instance(&sdk, "c5.large").await.unwrap();
-    let registered = ecs
-        .register_container_instance()
-        .cluster(CLUSTER)
-        .instance_identity_document(format!(
-            r#"{{"instanceId":"{instance}","region":"us-east-1"}}"#
-        ))
-        .send()
-        .await
-        .unwrap();
-    let arn = registered
-        .container_instance
-        .and_then(|c| c.container_instance_arn)
-        .unwrap();
+    let (instance, arn) = run_and_register(&sdk, CLUSTER, "c5.large").await.unwrap();
 
     let imds = FakeImds::start().await;
     imds.set("instance-id", &instance);
@@ -60,23 +46,11 @@ async fn spot_notice_in_imds_drains_this_instance_through_the_running_daemon() {
     let cfg = dir.path().join("config.toml");
     std::fs::write(
         &cfg,
-        format!(
-            r#"
-[agent]
-aws = "on"
-cluster = "{CLUSTER}"
-interval = "1s"
-state_dir = "{}"
-ecs_config_path = "/nonexistent/ecs.config"
-
-[host]
-docker_socket = "/nonexistent/docker.sock"
-ecs_agent_url = "http://127.0.0.1:9"
-
-[sinks]
-enabled = ["stdout"]
-"#,
-            state_dir.display()
+        crate::support::daemon_config(
+            "on",
+            CLUSTER,
+            &state_dir,
+            "\n[sinks]\nenabled = [\"stdout\"]\n",
         ),
     )
     .unwrap();

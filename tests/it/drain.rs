@@ -61,12 +61,7 @@ async fn world() -> Result<World, String> {
     }
     let instance = ids[1].clone();
     for id in &ids {
-        ecs.register_container_instance()
-            .cluster(CLUSTER)
-            .instance_identity_document(format!(r#"{{"instanceId":"{id}","region":"us-east-1"}}"#))
-            .send()
-            .await
-            .map_err(|e| format!("register: {e:?}"))?;
+        crate::support::moto::register(&ecs, CLUSTER, id).await?;
     }
     let arns = ecs
         .list_container_instances()
@@ -1215,20 +1210,9 @@ async fn a_container_instance_registered_again_is_looked_up_again_and_drained() 
         .send()
         .await
         .expect("deregister");
-    let registered = w
-        .ecs
-        .register_container_instance()
-        .cluster(CLUSTER)
-        .instance_identity_document(format!(
-            r#"{{"instanceId":"{}","region":"us-east-1"}}"#,
-            w.instance
-        ))
-        .send()
+    let registered = crate::support::moto::register(&w.ecs, CLUSTER, &w.instance)
         .await
-        .expect("register again")
-        .container_instance
-        .and_then(|c| c.container_instance_arn)
-        .expect("new arn");
+        .expect("register again");
     assert_ne!(registered, w.container_instance);
     let r = start_with(effects, dir.path());
     r.tx.send(spot_notice()).await.unwrap();

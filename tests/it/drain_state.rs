@@ -11,7 +11,7 @@ use aws_sdk_ecs::types::ContainerInstanceStatus;
 
 use crate::require;
 use crate::support::imds::FakeImds;
-use crate::support::moto::{Moto, run_instance};
+use crate::support::moto::{Moto, run_and_register};
 
 const CLUSTER: &str = "state-test";
 
@@ -112,19 +112,7 @@ async fn a_broken_state_directory_still_drains_and_reports_unhealthy() {
         ),
     ];
     for (what, break_it, reasons) in cases {
-        let instance = run_instance(&sdk, "c5.large").await.unwrap();
-        let arn = ecs
-            .register_container_instance()
-            .cluster(CLUSTER)
-            .instance_identity_document(format!(
-                r#"{{"instanceId":"{instance}","region":"us-east-1"}}"#
-            ))
-            .send()
-            .await
-            .unwrap()
-            .container_instance
-            .and_then(|c| c.container_instance_arn)
-            .unwrap();
+        let (instance, arn) = run_and_register(&sdk, CLUSTER, "c5.large").await.unwrap();
         let imds = FakeImds::start().await;
         imds.set("instance-id", &instance);
         imds.set("instance-type", "c5.large");
@@ -146,18 +134,11 @@ async fn a_broken_state_directory_still_drains_and_reports_unhealthy() {
         let cfg = dir.path().join("config.toml");
         std::fs::write(
             &cfg,
-            format!(
+            crate::support::daemon_config(
+                "on",
+                CLUSTER,
+                &state_dir,
                 r#"
-[agent]
-aws = "on"
-cluster = "{CLUSTER}"
-interval = "1s"
-state_dir = "{}"
-ecs_config_path = "/nonexistent/ecs.config"
-
-[host]
-docker_socket = "/nonexistent/docker.sock"
-ecs_agent_url = "http://127.0.0.1:9"
 
 [drain]
 check_interval = "200ms"
@@ -171,7 +152,6 @@ listen = "127.0.0.1:0"
 [log]
 format = "json"
 "#,
-                state_dir.display()
             ),
         )
         .unwrap();

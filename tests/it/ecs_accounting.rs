@@ -12,7 +12,7 @@ use aws_sdk_ecs::types as ecs;
 use crate::require;
 use crate::support::docker::{self, ContainerSpec};
 use crate::support::imds::FakeImds;
-use crate::support::moto::{Moto, run_instance};
+use crate::support::moto::{Moto, run_and_register};
 
 const CLUSTER: &str = "accounting";
 
@@ -51,19 +51,7 @@ async fn status_reserves_task_definitions_plans_for_cluster_services_and_asks_ec
         .send()
         .await
         .unwrap();
-    let instance = run_instance(&sdk, "c5.large").await.unwrap();
-    let ci = client
-        .register_container_instance()
-        .cluster(CLUSTER)
-        .instance_identity_document(format!(
-            r#"{{"instanceId":"{instance}","region":"us-east-1"}}"#
-        ))
-        .send()
-        .await
-        .unwrap()
-        .container_instance
-        .and_then(|c| c.container_instance_arn)
-        .unwrap();
+    let (instance, ci) = run_and_register(&sdk, CLUSTER, "c5.large").await.unwrap();
     // Sized at task level only: Docker shows nothing of it (CpuShares 2, no memory limit).
     let sized = client
         .register_task_definition()

@@ -256,18 +256,7 @@ async fn run_case(w: &World, n: usize, fault: Fault, trigger: Trigger) -> Result
             .send()
             .await
             .map_err(|e| format!("deregister: {e:?}"))?;
-        arn = ecs
-            .register_container_instance()
-            .cluster(&cluster)
-            .instance_identity_document(format!(
-                r#"{{"instanceId":"{instance}","region":"us-east-1"}}"#
-            ))
-            .send()
-            .await
-            .map_err(|e| format!("register again: {e:?}"))?
-            .container_instance
-            .and_then(|c| c.container_instance_arn)
-            .ok_or("no new ARN")?;
+        arn = crate::support::moto::register(&ecs, &cluster, &instance).await?;
     }
 
     match trigger {

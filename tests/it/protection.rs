@@ -87,16 +87,7 @@ async fn world(tasks: [usize; 3]) -> Result<World, String> {
         .await
         .map_err(|e| format!("task definition: {e:?}"))?;
     for (id, count) in instances.iter().zip(tasks) {
-        let arn = ecs
-            .register_container_instance()
-            .cluster(CLUSTER)
-            .instance_identity_document(format!(r#"{{"instanceId":"{id}","region":"us-east-1"}}"#))
-            .send()
-            .await
-            .map_err(|e| format!("register: {e:?}"))?
-            .container_instance
-            .and_then(|c| c.container_instance_arn)
-            .ok_or("no container instance ARN")?;
+        let arn = crate::support::moto::register(&ecs, CLUSTER, id).await?;
         for _ in 0..count {
             ecs.start_task()
                 .cluster(CLUSTER)

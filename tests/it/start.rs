@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 use crate::require;
 use crate::support::eventually;
 use crate::support::imds::FakeImds;
-use crate::support::moto::{Moto, run_instance};
+use crate::support::moto::{Moto, run_and_register};
 
 const SPOT: &str = "spot/instance-action";
 
@@ -78,23 +78,11 @@ impl Daemon {
         let cfg = dir.join("config.toml");
         std::fs::write(
             &cfg,
-            format!(
-                r#"
-[agent]
-aws = "{aws}"
-cluster = "{cluster}"
-interval = "1s"
-state_dir = "{state}"
-ecs_config_path = "/nonexistent/ecs.config"
-
-[host]
-docker_socket = "/nonexistent/docker.sock"
-ecs_agent_url = "http://127.0.0.1:9"
-sysfs_root = "{sysfs}"
-{extra}
-"#,
-                state = dir.join("state").display(),
-                sysfs = dir.join("sys").display(),
+            crate::support::daemon_config(
+                aws,
+                cluster,
+                &dir.join("state"),
+                &format!("sysfs_root = \"{}\"\n{extra}\n", dir.join("sys").display()),
             ),
         )
         .unwrap();
@@ -241,21 +229,7 @@ pub(crate) async fn registered(sdk: &aws_config::SdkConfig, cluster: &str) -> (S
         .send()
         .await
         .unwrap();
-    let instance = run_instance(sdk, "c5.large").await.unwrap();
-    let out = ecs
-        .register_container_instance()
-        .cluster(cluster)
-        .instance_identity_document(format!(
-            r#"{{"instanceId":"{instance}","region":"us-east-1"}}"#
-        ))
-        .send()
-        .await
-        .unwrap();
-    let arn = out
-        .container_instance
-        .and_then(|c| c.container_instance_arn)
-        .unwrap();
-    (instance, arn)
+    run_and_register(sdk, cluster, "c5.large").await.unwrap()
 }
 
 async fn becomes_draining(ecs: &aws_sdk_ecs::Client, cluster: &str, arn: &str) -> bool {

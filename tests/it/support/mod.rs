@@ -68,3 +68,23 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// The `[agent]` and `[host]` tables of a daemon run against local peers: `agent.aws = aws` in
+/// `cluster`, observing every second, its state in `state_dir`, and no Docker, no ECS agent and
+/// no ecs.config to find. `extra` follows as it is (more `[host]` keys first, then other tables).
+pub fn daemon_config(aws: &str, cluster: &str, state_dir: &std::path::Path, extra: &str) -> String {
+    format!(
+        r#"[agent]
+aws = "{aws}"
+cluster = "{cluster}"
+interval = "1s"
+state_dir = "{}"
+ecs_config_path = "/nonexistent/ecs.config"
+
+[host]
+docker_socket = "/nonexistent/docker.sock"
+ecs_agent_url = "http://127.0.0.1:9"
+{extra}"#,
+        state_dir.display()
+    )
+}

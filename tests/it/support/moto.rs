@@ -160,3 +160,36 @@ pub async fn run_instance(sdk: &SdkConfig, instance_type: &str) -> Result<String
         .map(str::to_string)
         .ok_or_else(|| format!("run instance {instance_type}: no instance id in the answer"))
 }
+
+/// Registers `instance` (an id moto's EC2 knows, see [`run_instance`]) as a container instance of
+/// `cluster`, as its ECS agent would, and returns the container instance ARN. Also for registering
+/// an instance again after a deregistration (a new ARN).
+pub async fn register(
+    ecs: &aws_sdk_ecs::Client,
+    cluster: &str,
+    instance: &str,
+) -> Result<String, String> {
+    ecs.register_container_instance()
+        .cluster(cluster)
+        .instance_identity_document(
+            serde_json::json!({"instanceId": instance, "region": "us-east-1"}).to_string(),
+        )
+        .send()
+        .await
+        .map_err(|e| format!("register {instance} in {cluster}: {e:?}"))?
+        .container_instance
+        .and_then(|c| c.container_instance_arn)
+        .ok_or_else(|| format!("register {instance} in {cluster}: no container instance ARN"))
+}
+
+/// A new moto EC2 instance of `instance_type` registered in `cluster`: its id and its container
+/// instance ARN.
+pub async fn run_and_register(
+    sdk: &SdkConfig,
+    cluster: &str,
+    instance_type: &str,
+) -> Result<(String, String), String> {
+    let instance = run_instance(sdk, instance_type).await?;
+    let arn = register(&aws_sdk_ecs::Client::new(sdk), cluster, &instance).await?;
+    Ok((instance, arn))
+}
