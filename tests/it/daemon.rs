@@ -8,21 +8,9 @@ use aws_sdk_ecs::types::ContainerInstanceStatus;
 
 use crate::require;
 use crate::support::imds::FakeImds;
-use crate::support::moto::{Moto, run_and_register};
+use crate::support::moto::{Moto, ecs_status, run_and_register};
 
 const CLUSTER: &str = "daemon-test";
-
-async fn ecs_status(ecs: &aws_sdk_ecs::Client, arn: &str) -> Option<ContainerInstanceStatus> {
-    let out = ecs
-        .describe_container_instances()
-        .cluster(CLUSTER)
-        .container_instances(arn)
-        .send()
-        .await
-        .ok()?;
-    let status = out.container_instances?.into_iter().next()?.status?;
-    Some(ContainerInstanceStatus::from(status.as_str()))
-}
 
 #[tokio::test]
 async fn spot_notice_in_imds_drains_this_instance_through_the_running_daemon() {
@@ -67,7 +55,7 @@ async fn spot_notice_in_imds_drains_this_instance_through_the_running_daemon() {
     // Running and polling, not draining: no notice yet.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        ecs_status(&ecs, &arn).await,
+        ecs_status(&ecs, CLUSTER, &arn).await,
         Some(ContainerInstanceStatus::Active)
     );
 
@@ -75,7 +63,7 @@ async fn spot_notice_in_imds_drains_this_instance_through_the_running_daemon() {
 
     let mut draining = false;
     for _ in 0..150 {
-        if ecs_status(&ecs, &arn).await == Some(ContainerInstanceStatus::Draining) {
+        if ecs_status(&ecs, CLUSTER, &arn).await == Some(ContainerInstanceStatus::Draining) {
             draining = true;
             break;
         }

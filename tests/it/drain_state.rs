@@ -11,21 +11,9 @@ use aws_sdk_ecs::types::ContainerInstanceStatus;
 
 use crate::require;
 use crate::support::imds::FakeImds;
-use crate::support::moto::{Moto, run_and_register};
+use crate::support::moto::{Moto, ecs_status, run_and_register};
 
 const CLUSTER: &str = "state-test";
-
-async fn ecs_status(ecs: &aws_sdk_ecs::Client, arn: &str) -> Option<ContainerInstanceStatus> {
-    let out = ecs
-        .describe_container_instances()
-        .cluster(CLUSTER)
-        .container_instances(arn)
-        .send()
-        .await
-        .ok()?;
-    let status = out.container_instances?.into_iter().next()?.status?;
-    Some(ContainerInstanceStatus::from(status.as_str()))
-}
 
 /// Starts the daemon and returns it with the Prometheus address it logged.
 fn start(cfg: &Path, moto: &Moto, imds: &FakeImds, log: &Path) -> (Child, String) {
@@ -161,7 +149,8 @@ format = "json"
 
         imds.set_spot_terminate(SystemTime::now() + Duration::from_secs(120));
         let draining = crate::support::eventually(Duration::from_secs(20), || async {
-            (ecs_status(&ecs, &arn).await == Some(ContainerInstanceStatus::Draining)).then_some(())
+            (ecs_status(&ecs, CLUSTER, &arn).await == Some(ContainerInstanceStatus::Draining))
+                .then_some(())
         })
         .await;
         assert!(

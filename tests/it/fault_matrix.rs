@@ -13,12 +13,13 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 
 use crate::require;
-use crate::start::{Blackhole, Daemon, ecs_status, free_port, healthz, registered};
+use crate::start::{Blackhole, Daemon, free_port, healthz, registered};
 use crate::support::cloudwatch::CloudWatchProxy;
 use crate::support::eventually;
 use crate::support::imds::{FakeImds, Fault as ImdsFault};
 use crate::support::lifecycle::LifecycleProxy;
 use crate::support::moto::Moto;
+use crate::support::moto::ecs_status;
 use aws_sdk_ecs::types::ContainerInstanceStatus;
 
 const LIFECYCLE: &str = "autoscaling/target-lifecycle-state";

@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 use crate::require;
 use crate::support::eventually;
 use crate::support::imds::FakeImds;
-use crate::support::moto::{Moto, run_and_register};
+use crate::support::moto::{Moto, ecs_status, run_and_register};
 
 const SPOT: &str = "spot/instance-action";
 
@@ -203,22 +203,6 @@ async fn first_notice_poll_comes_while_every_aws_endpoint_hangs() {
         "first poll after {first:?}"
     );
     d.stop();
-}
-
-pub(crate) async fn ecs_status(
-    ecs: &aws_sdk_ecs::Client,
-    cluster: &str,
-    arn: &str,
-) -> Option<ContainerInstanceStatus> {
-    let out = ecs
-        .describe_container_instances()
-        .cluster(cluster)
-        .container_instances(arn)
-        .send()
-        .await
-        .ok()?;
-    let status = out.container_instances?.into_iter().next()?.status?;
-    Some(ContainerInstanceStatus::from(status.as_str()))
 }
 
 /// A cluster in moto with one registered instance; returns (instance id, container-instance ARN).

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ecs::config::Credentials;
+use aws_sdk_ecs::types::ContainerInstanceStatus;
 
 pub struct Moto {
     child: Child,
@@ -192,4 +193,21 @@ pub async fn run_and_register(
     let instance = run_instance(sdk, instance_type).await?;
     let arn = register(&aws_sdk_ecs::Client::new(sdk), cluster, &instance).await?;
     Ok((instance, arn))
+}
+
+/// The container instance `arn`'s status in `cluster`; `None` when ECS does not answer.
+pub async fn ecs_status(
+    ecs: &aws_sdk_ecs::Client,
+    cluster: &str,
+    arn: &str,
+) -> Option<ContainerInstanceStatus> {
+    let out = ecs
+        .describe_container_instances()
+        .cluster(cluster)
+        .container_instances(arn)
+        .send()
+        .await
+        .ok()?;
+    let status = out.container_instances?.into_iter().next()?.status?;
+    Some(ContainerInstanceStatus::from(status.as_str()))
 }
