@@ -152,6 +152,14 @@ impl World {
         )
     }
 
+    /// Waits (30 s at most) until ECS shows this container instance in `status`.
+    async fn until_in_ecs(&self, status: &str) {
+        until(30, &format!("{status} in moto"), async || {
+            self.status_in_ecs().await == status
+        })
+        .await;
+    }
+
     async fn status_in_ecs(&self) -> String {
         self.ecs
             .describe_container_instances()
@@ -250,10 +258,7 @@ async fn spot_notice_sets_the_instance_draining_in_ecs_and_ends_when_tasks_stop(
     let dir = tempfile::tempdir().unwrap();
     let r = start(&w, dir.path());
     r.tx.send(spot_notice()).await.unwrap();
-    until(30, "DRAINING in moto", async || {
-        w.status_in_ecs().await == "DRAINING"
-    })
-    .await;
+    w.until_in_ecs("DRAINING").await;
     let draining = r.status.borrow().clone();
     assert!(
         matches!(draining, DrainStatus::Draining { .. }),
@@ -283,10 +288,7 @@ async fn autoscaling_termination_heartbeats_while_tasks_remain_then_continues_on
     })
     .await
     .unwrap();
-    until(30, "DRAINING in moto", async || {
-        w.status_in_ecs().await == "DRAINING"
-    })
-    .await;
+    w.until_in_ecs("DRAINING").await;
     // Heartbeat timeout 3 s → one heartbeat a second while the task runs.
     until(30, "two heartbeats", async || {
         w.proxy.calls_of("RecordLifecycleActionHeartbeat").len() >= 2
@@ -457,10 +459,7 @@ async fn imds_errors_garbage_and_timeouts_then_the_notice_is_acted_on() {
     }
 
     fake.set_spot_terminate(SystemTime::now() + Duration::from_secs(120));
-    until(30, "DRAINING in moto", async || {
-        w.status_in_ecs().await == "DRAINING"
-    })
-    .await;
+    w.until_in_ecs("DRAINING").await;
     assert!(matches!(
         *handles.status.borrow(),
         DrainStatus::Draining { .. }
@@ -562,10 +561,7 @@ async fn container_instance_looked_up_ahead_leaves_the_drain_one_request() {
     let dir = tempfile::tempdir().unwrap();
     let r = start_with(effects.clone(), dir.path());
     r.tx.send(spot_notice()).await.unwrap();
-    until(30, "DRAINING in moto", async || {
-        w.status_in_ecs().await == "DRAINING"
-    })
-    .await;
+    w.until_in_ecs("DRAINING").await;
     r.token.cancel();
     r.task.await.unwrap();
     let after: Vec<String> = w.proxy.calls()[before..]
@@ -650,10 +646,7 @@ async fn the_same_notice_many_times_is_one_drain() {
     for _ in 0..20 {
         r.tx.send(notice.clone()).await.unwrap();
     }
-    until(30, "DRAINING in moto", async || {
-        w.status_in_ecs().await == "DRAINING"
-    })
-    .await;
+    w.until_in_ecs("DRAINING").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let updates = w.proxy.calls_of("UpdateContainerInstancesState");
     assert_eq!(updates.len(), 1, "{updates:?}");
@@ -732,10 +725,7 @@ async fn shutdown_drain_joins_a_notice_drain_in_the_one_runner() {
     let dir = tempfile::tempdir().unwrap();
     let r = start(&w, dir.path());
     r.tx.send(spot_notice()).await.unwrap();
-    until(30, "DRAINING in moto", async || {
-        w.status_in_ecs().await == "DRAINING"
-    })
-    .await;
+    w.until_in_ecs("DRAINING").await;
     // The task still runs: the shutdown drain waits its timeout and the drain goes on.
     let status = drain_before_shutdown(&r.handles, Duration::from_secs(1), || true)
         .await
@@ -990,10 +980,7 @@ async fn reboot_maintenance_drains_and_a_restart_in_a_new_boot_sets_active_again
         &maintenance_event("instance-event-r1", "system-reboot", "active"),
     );
     let first = boot(&w, &fake, dir.path(), "boot-a");
-    until(30, "DRAINING in moto", async || {
-        w.status_in_ecs().await == "DRAINING"
-    })
-    .await;
+    w.until_in_ecs("DRAINING").await;
     first.stop().await;
     // The reboot: the event moves to the history, completed.
     fake.set(SCHEDULED, "[]");
@@ -1002,10 +989,7 @@ async fn reboot_maintenance_drains_and_a_restart_in_a_new_boot_sets_active_again
         &maintenance_event("instance-event-r1", "system-reboot", "completed"),
     );
     let second = boot(&w, &fake, dir.path(), "boot-b");
-    until(30, "ACTIVE in moto", async || {
-        w.status_in_ecs().await == "ACTIVE"
-    })
-    .await;
+    w.until_in_ecs("ACTIVE").await;
     assert!(matches!(*second.status.borrow(), DrainStatus::Idle { .. }));
     second.stop().await;
 }
@@ -1059,18 +1043,12 @@ async fn canceled_maintenance_sets_the_host_active_again() {
         &maintenance_event("instance-event-c1", "instance-stop", "active"),
     );
     let daemon = boot(&w, &fake, dir.path(), "boot-a");
-    until(30, "DRAINING in moto", async || {
-        w.status_in_ecs().await == "DRAINING"
-    })
-    .await;
+    w.until_in_ecs("DRAINING").await;
     fake.set(
         HISTORY,
         &maintenance_event("instance-event-c1", "instance-stop", "canceled"),
     );
-    until(30, "ACTIVE in moto", async || {
-        w.status_in_ecs().await == "ACTIVE"
-    })
-    .await;
+    w.until_in_ecs("ACTIVE").await;
     assert!(matches!(*daemon.status.borrow(), DrainStatus::Idle { .. }));
     daemon.stop().await;
 }
@@ -1088,10 +1066,7 @@ async fn in_service_to_warmed_stopped_is_drained_and_the_hook_continued_once() {
     assert!(fake.polls_pass(3, Duration::from_secs(60)).await);
     assert_eq!(w.status_in_ecs().await, "ACTIVE");
     fake.set(LIFECYCLE, "Warmed:Stopped");
-    until(30, "DRAINING in moto", async || {
-        w.status_in_ecs().await == "DRAINING"
-    })
-    .await;
+    w.until_in_ecs("DRAINING").await;
     until(30, "a heartbeat", async || {
         !w.proxy
             .calls_of("RecordLifecycleActionHeartbeat")
