@@ -97,18 +97,7 @@ fn registered_here() -> (i64, i64) {
         "",
         Path::new("/nonexistent/docker.sock"),
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_ecs-capacity-agent"))
-        .args([
-            "status",
-            "--output",
-            "json",
-            "--config",
-            cfg.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("status: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let v = crate::support::status_json(&cfg, std::iter::empty::<(&str, &str)>());
     let r = &v["snapshot"]["registered"];
     (
         r["cpu_units"].as_i64().expect("cpu"),

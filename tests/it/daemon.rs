@@ -73,24 +73,10 @@ async fn spot_notice_in_imds_drains_this_instance_through_the_running_daemon() {
     assert!(draining, "instance never DRAINING; daemon log:\n{}", logs());
 
     // `status` reads the daemon's drain from the state directory.
-    let status = Command::new(env!("CARGO_BIN_EXE_ecs-capacity-agent"))
-        .args([
-            "status",
-            "--output",
-            "json",
-            "--config",
-            cfg.to_str().unwrap(),
-        ])
-        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_else(|e| {
-        panic!(
-            "status JSON: {e}: {}{}",
-            String::from_utf8_lossy(&status.stdout),
-            String::from_utf8_lossy(&status.stderr)
-        )
-    });
+    let v = crate::support::status_json(
+        &cfg,
+        [("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")],
+    );
     let drain = v
         .get("drain")
         .unwrap_or_else(|| panic!("no drain in status: {v}"));

@@ -17,25 +17,12 @@ use crate::support::moto::{Moto, run_and_register};
 const CLUSTER: &str = "accounting";
 
 fn status(cfg: &std::path::Path, moto: &Moto, imds: &FakeImds) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_ecs-capacity-agent"))
-        .args([
-            "status",
-            "--output",
-            "json",
-            "--config",
-            cfg.to_str().unwrap(),
-        ])
-        .envs(moto.env())
-        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url())
-        .output()
-        .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "status JSON: {e}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    let mut env = moto.env();
+    env.push((
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT".into(),
+        imds.url().to_string(),
+    ));
+    crate::support::status_json(cfg, env)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

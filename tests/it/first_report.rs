@@ -114,18 +114,7 @@ listen = "127.0.0.1:{port}"
 
     // The shape discovered from the running container (AWS off: the only source) needs the hard
     // limit, not the soft reservation the container reserves.
-    let out = Command::new(env!("CARGO_BIN_EXE_ecs-capacity-agent"))
-        .args([
-            "status",
-            "--output",
-            "json",
-            "--config",
-            cfg.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("status: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let v = crate::support::status_json(&cfg, std::iter::empty::<(&str, &str)>());
     let shape = v["shapes"]
         .as_array()
         .unwrap()

@@ -88,3 +88,28 @@ ecs_agent_url = "http://127.0.0.1:9"
         state_dir.display()
     )
 }
+
+/// `ecs-capacity-agent status --output json --config cfg` with `env` added, parsed; panics with
+/// what it printed when that is not JSON.
+pub fn status_json<K, V>(
+    cfg: &std::path::Path,
+    env: impl IntoIterator<Item = (K, V)>,
+) -> serde_json::Value
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ecs-capacity-agent"))
+        .args(["status", "--output", "json", "--config"])
+        .arg(cfg)
+        .envs(env)
+        .output()
+        .expect("run ecs-capacity-agent status");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "status JSON: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
