@@ -52,11 +52,11 @@ const FAULT_DIR: &str = "state_dir";
 /// Set when a corrupt state file was moved aside; stays until the process restarts, so that
 /// someone looks at what was set aside.
 const FAULT_CORRUPT: &str = "drain_state_corrupt";
-/// While writes keep failing, the ERROR line repeats at most this often.
 /// How long an update waits for another process's lock before it goes on without it, and how
 /// often it tries meanwhile. A step holds the lock for milliseconds.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 const LOCK_POLL: Duration = Duration::from_millis(10);
+/// While writes keep failing, the ERROR line repeats at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]

@@ -385,20 +385,10 @@ async fn live_cluster_against_moto() {
         .unwrap();
     let mut arns = Vec::new();
     for id in &ids {
-        let doc = serde_json::json!({"instanceId": id, "region": "us-east-1"}).to_string();
-        let ci = client
-            .register_container_instance()
-            .cluster("live")
-            .instance_identity_document(doc)
-            .send()
-            .await
-            .unwrap();
         arns.push(
-            ci.container_instance()
-                .unwrap()
-                .container_instance_arn()
-                .unwrap()
-                .to_string(),
+            crate::support::moto::register(&client, "live", id)
+                .await
+                .unwrap(),
         );
     }
     client
